@@ -1,0 +1,12 @@
+"""Presence memory: "device D was inside a zone of category C at time T", kept privately.
+
+Stores never see a raw device id: the engine hands them a keyed hash (see `DeviceHasher`). They
+keep, per hashed device, the latest presence time per category, and expire it when the longest
+lookback ends. Backends are chosen by URL: memory:// (default), sqlite:///path, redis://host:port/db.
+"""
+
+from __future__ import annotations
+
+from geofence.presence.base import DeviceHasher, PresenceStore
+
+__all__ = ["DeviceHasher", "PresenceStore"]

@@ -38,21 +38,26 @@ class Decision:
         }
 
 
+NO_CATEGORY = 255  # in BatchDecision.category: no category involved
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class BatchDecision:
     """Decisions for a batch, as parallel NumPy arrays (one element per request).
 
-    `reason` holds `Reason.code` values; `zone_index` indexes `zone_ids`/`categories`
-    (-1 where no zone is involved). Use `decision(i)` for one full Decision.
+    `reason` holds `Reason.code` values (compare with `Reason.X.code`, or call `reasons()`);
+    `zone_index` indexes `zone_ids` (-1 where no zone is involved); `category` holds
+    `Category.code` values (NO_CATEGORY where none); `until` is the end of a recently_inside
+    block (NaN elsewhere). `decision(i)` gives one full Decision.
     """
 
     allowed: npt.NDArray[np.bool_]
     reason: npt.NDArray[np.uint8]
     zone_index: npt.NDArray[np.int32]
+    category: npt.NDArray[np.uint8]
+    until: npt.NDArray[np.float64]
     zone_set_version: str
     zone_ids: tuple[str, ...] = field(repr=False)
-    zone_categories: npt.NDArray[np.uint8] = field(repr=False)
-    until: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return int(self.allowed.shape[0])
@@ -69,14 +74,16 @@ class BatchDecision:
 
     def decision(self, i: int) -> Decision:
         z = int(self.zone_index[i])
-        until = None
-        if self.until is not None and np.isfinite(self.until[i]):
-            until = float(self.until[i])
+        c = int(self.category[i])
+        u = float(self.until[i])
         return Decision(
             allowed=bool(self.allowed[i]),
             reason=Reason.from_code(int(self.reason[i])),
             zone_set_version=self.zone_set_version,
             zone_id=self.zone_ids[z] if z >= 0 else None,
-            category=Category.from_code(int(self.zone_categories[z])) if z >= 0 else None,
-            until=until,
+            category=Category.from_code(c) if c != NO_CATEGORY else None,
+            until=u if np.isfinite(u) else None,
         )
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (self.decision(i) for i in range(len(self)))

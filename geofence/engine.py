@@ -1,0 +1,430 @@
+"""The engine: the one object an ad server holds and asks "may this request be targeted?".
+
+Every `check*` call returns a decision and never raises: malformed input gives invalid_request,
+an unreachable presence store gives state_unavailable, and anything unexpected inside gives
+internal_error (logged). The zone set is immutable and swapped atomically by `reload`; each call
+reads it once, so a decision is always made by, and names, exactly one zone set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from geofence.decision import NO_CATEGORY, BatchDecision, Decision
+from geofence.errors import PresenceUnavailable
+from geofence.index import KIND_CLEAR, KIND_INSIDE
+from geofence.presence.base import DeviceHasher, PresenceStore
+from geofence.reasons import Reason
+from geofence.zoneset import ZoneSet
+
+log = logging.getLogger("geofence")
+
+F64 = npt.NDArray[np.float64]
+SOURCES = ("gps", "ip", "user", "unknown")
+
+_R = {r: np.uint8(r.code) for r in Reason}
+
+
+class Engine:
+    """Decides requests against a compiled zone set and the presence memory."""
+
+    def __init__(
+        self,
+        zone_set: ZoneSet,
+        presence: str | PresenceStore | None = None,
+        presence_secret: bytes | str | None = None,
+    ) -> None:
+        self._zs = zone_set
+        self._store, self._hasher = _open_presence(presence, presence_secret)
+
+    # --- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_paths(
+        cls,
+        *paths: str | Path,
+        presence: str | PresenceStore | None = None,
+        presence_secret: bytes | str | None = None,
+    ) -> Engine:
+        """Load zone files (and the folder's policy.toml); raise ZoneFileError/PolicyError."""
+        return cls(ZoneSet.from_paths(*paths), presence, presence_secret)
+
+    @property
+    def zone_set(self) -> ZoneSet:
+        return self._zs
+
+    @property
+    def version(self) -> str:
+        return self._zs.version
+
+    def reload(self, *paths: str | Path) -> str:
+        """Compile a new zone set off to the side and swap it in; return its version.
+
+        A defective set raises (ZoneFileError, PolicyError) and the serving set stays in place.
+        """
+        new = ZoneSet.from_paths(*paths)
+        self._zs = new  # a single reference assignment: atomic for every reader
+        log.info("zone set %s loaded (%d zones)", new.version, len(new))
+        return new.version
+
+    def close(self) -> None:
+        self._store.close()
+
+    # --- single requests ------------------------------------------------------------------------
+
+    def check_location(
+        self,
+        lat: Any = None,
+        lon: Any = None,
+        accuracy_m: Any = None,
+        device_id: Any = None,
+        at: Any = None,
+        source: Any = "gps",
+    ) -> Decision:
+        """Decide one location-triggered request. Never raises."""
+        zs = self._zs
+        try:
+            return self._batch(
+                zs, [lat], [lon], [accuracy_m], [device_id], [at], [source], record=True
+            ).decision(0)
+        except Exception:
+            log.exception("internal error in check_location")
+            return Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+
+    def observe(
+        self,
+        device_id: Any,
+        lat: Any,
+        lon: Any,
+        accuracy_m: Any = None,
+        at: Any = None,
+        source: Any = "gps",
+    ) -> Decision:
+        """Record a location ping (no ad involved); returns the decision the ping would get."""
+        return self.check_location(lat, lon, accuracy_m, device_id, at, source)
+
+    def forget(self, device_id: str) -> None:
+        """Erase every presence record of one device (a consumer's deletion request)."""
+        self._store.forget(self._hasher.key(str(device_id)))
+
+    # --- batches --------------------------------------------------------------------------------
+
+    def check_many(
+        self,
+        lat: Any,
+        lon: Any,
+        accuracy_m: Any = None,
+        device_ids: Any = None,
+        at: Any = None,
+        source: Any = None,
+    ) -> BatchDecision:
+        """Decide a batch given as arrays (scalars broadcast). Never raises.
+
+        A NaN or negative accuracy, or a non-finite or out-of-range coordinate or time, makes
+        that element invalid_request; arrays of the wrong length make every element invalid.
+        """
+        zs = self._zs
+        try:
+            return self._batch(zs, lat, lon, accuracy_m, device_ids, at, source, record=True)
+        except Exception:
+            log.exception("internal error in check_many")
+            n = _guess_len(lat)
+            return _uniform(zs, n, Reason.INTERNAL_ERROR)
+
+    def observe_many(
+        self,
+        device_ids: Any,
+        lat: Any,
+        lon: Any,
+        accuracy_m: Any = None,
+        at: Any = None,
+        source: Any = None,
+    ) -> BatchDecision:
+        """Record a batch of pings; returns the decisions they would get."""
+        return self.check_many(lat, lon, accuracy_m, device_ids, at, source)
+
+    # --- the one decision path ------------------------------------------------------------------
+
+    def _batch(
+        self,
+        zs: ZoneSet,
+        lat: Any,
+        lon: Any,
+        accuracy_m: Any,
+        device_ids: Any,
+        at: Any,
+        source: Any,
+        record: bool,
+    ) -> BatchDecision:
+        rules = zs.policy.requests
+        n = _guess_len(lat)
+        lat_a, bad = _floats(lat, n)
+        lon_a, bad_lon = _floats(lon, n)
+        acc_a, bad_acc = _floats(accuracy_m, n, missing=np.nan)
+        at_a, bad_at = _floats(at, n, missing=time.time())
+        bad |= bad_lon | bad_acc | bad_at
+        bad |= ~(np.abs(lat_a) <= 90.0) | ~(np.abs(lon_a) <= 180.0) | ~np.isfinite(at_a)
+        given_acc = ~_missing_mask(accuracy_m, n)
+        bad |= given_acc & ~((acc_a >= 0.0) & np.isfinite(acc_a))
+        src, bad_src = _sources(source, n)
+        bad |= bad_src
+        ids, bad_ids = _device_ids(device_ids, n)
+        bad |= bad_ids
+
+        reason = np.full(n, _R[Reason.ALLOWED], dtype=np.uint8)
+        zone = np.full(n, -1, dtype=np.int32)
+        category = np.full(n, NO_CATEGORY, dtype=np.uint8)
+        until = np.full(n, np.nan, dtype=np.float64)
+
+        # Accuracy: missing -> the policy's assumption; IP-derived -> the policy's rule.
+        acc = np.where(given_acc, acc_a, np.nan)
+        missing_acc = ~given_acc
+        if rules.missing_accuracy_m is None:
+            imprecise = missing_acc.copy()
+        else:
+            acc = np.where(missing_acc, rules.missing_accuracy_m, acc)
+            imprecise = np.zeros(n, dtype=bool)
+        is_ip = src == 1
+        if rules.ip_location == "reject":
+            imprecise |= is_ip
+        else:
+            acc = np.where(is_ip, np.fmax(acc, rules.ip_accuracy_m), acc)
+        imprecise |= acc > rules.max_accuracy_m
+        no_id = np.array([i is None for i in ids], dtype=bool) if n else np.zeros(0, bool)
+        if rules.no_device_id == "reject":
+            bad |= no_id
+        imprecise &= ~bad
+        reason[bad] = _R[Reason.INVALID_REQUEST]
+        reason[imprecise] = _R[Reason.IMPRECISE_LOCATION]
+
+        ok = np.flatnonzero(~bad & ~imprecise)
+        if ok.size:
+            loc = zs.index.locate(
+                lon_a[ok],
+                lat_a[ok],
+                acc[ok],
+                at_a[ok],
+                presence_center_only=zs.policy.presence.rule == "center_inside",
+            )
+            hit = loc.kind != KIND_CLEAR
+            hz = loc.zone[hit]
+            reason[ok[hit]] = np.where(
+                loc.kind[hit] == KIND_INSIDE, _R[Reason.INSIDE_ZONE], _R[Reason.NEAR_ZONE]
+            )
+            zone[ok[hit]] = hz
+            category[ok[hit]] = zs.category[hz]
+            has_id = ok[~no_id[ok]]
+            if has_id.size:
+                self._history(
+                    zs,
+                    ids,
+                    at_a,
+                    ok,
+                    loc.present_point,
+                    loc.present_zone,
+                    has_id,
+                    reason,
+                    category,
+                    until,
+                    record,
+                )
+
+        allowed = reason == _R[Reason.ALLOWED]
+        return BatchDecision(allowed, reason, zone, category, until, zs.version, zs.ids)
+
+    def _history(
+        self,
+        zs: ZoneSet,
+        ids: list[str | None],
+        at: F64,
+        ok: npt.NDArray[np.intp],
+        present_point: npt.NDArray[np.int64],
+        present_zone: npt.NDArray[np.int64],
+        has_id: npt.NDArray[np.intp],
+        reason: npt.NDArray[np.uint8],
+        category: npt.NDArray[np.uint8],
+        until: F64,
+        record: bool,
+    ) -> None:
+        """Apply and update the presence memory for requests that carry a device id."""
+        keys = self._hasher.keys([ids[i] for i in has_id])  # type: ignore[misc]
+        key_of = dict(zip(has_id.tolist(), keys, strict=True))
+        # Presence seen in this batch: (request, category, time, end of its lookback).
+        pres_req = ok[present_point]
+        with_id = np.isin(pres_req, has_id)
+        pres_req, pres_zone = pres_req[with_id], present_zone[with_id]
+        pres_cat = zs.category[pres_zone]
+        pres_t = at[pres_req]
+        pres_end = pres_t + zs.lookback_s[pres_cat]
+        try:
+            history = self._store.latest_many(list(dict.fromkeys(keys)))
+        except PresenceUnavailable:
+            log.warning("presence store unavailable: failing closed for %d requests", len(has_id))
+            undecided = has_id[reason[has_id] == _R[Reason.ALLOWED]]
+            reason[undecided] = _R[Reason.STATE_UNAVAILABLE]
+            history = None
+        if history is not None:
+            by_key = dict(zip(dict.fromkeys(keys), history, strict=True))
+            # Presence recorded in this batch counts for the same device's requests at or after it.
+            batch_events: dict[bytes, list[tuple[float, float, int]]] = {}
+            for r, c, t, e in zip(
+                pres_req.tolist(),
+                pres_cat.tolist(),
+                pres_t.tolist(),
+                pres_end.tolist(),
+                strict=True,
+            ):
+                batch_events.setdefault(key_of[r], []).append((t, e, c))
+            lookback = zs.lookback_s
+            for i, key in zip(has_id.tolist(), keys, strict=True):
+                best_end, best_cat = -math.inf, -1
+                for c, t in by_key[key].items():
+                    end = t + lookback[c]
+                    if end > best_end:
+                        best_end, best_cat = end, c
+                for t, end, c in batch_events.get(key, ()):
+                    if t <= at[i] and end > best_end:
+                        best_end, best_cat = end, c
+                if at[i] < best_end and reason[i] == _R[Reason.ALLOWED]:
+                    reason[i] = _R[Reason.RECENTLY_INSIDE]
+                    category[i] = best_cat
+                    until[i] = best_end
+        if record and len(pres_req):
+            try:
+                self._store.record_many(
+                    [key_of[r] for r in pres_req.tolist()],
+                    pres_cat.astype(np.uint8),
+                    pres_t.astype(np.float64),
+                    # Kept until the longest lookback of any category ends, so a policy that
+                    # lengthens one category's lookback still finds the record.
+                    pres_t + zs.policy.max_lookback_s,
+                )
+            except PresenceUnavailable:
+                log.warning(
+                    "presence store unavailable: %d presence records not written", len(pres_req)
+                )
+
+
+# --- input coercion: every malformed element becomes a flag, never an exception -----------------
+
+
+def _guess_len(values: Any) -> int:
+    if values is None or isinstance(values, str | bytes):
+        return 1
+    try:
+        return len(values)
+    except TypeError:
+        return 1
+
+
+def _missing_mask(values: Any, n: int) -> npt.NDArray[np.bool_]:
+    if values is None:
+        return np.ones(n, dtype=bool)
+    if isinstance(values, list | tuple) and len(values) == n:
+        return np.array([v is None for v in values], dtype=bool)
+    return np.zeros(n, dtype=bool)
+
+
+def _floats(values: Any, n: int, missing: float = np.nan) -> tuple[F64, npt.NDArray[np.bool_]]:
+    """Coerce to a float array of length n, flagging wrong types, shapes and bools."""
+    bad = np.zeros(n, dtype=bool)
+    if values is None:
+        return np.full(n, missing, dtype=np.float64), bad
+    if isinstance(values, np.ndarray):
+        if values.ndim == 0:
+            values = values.reshape(1) if n == 1 else np.full(n, values.item())
+        if values.shape != (n,):
+            return np.full(n, np.nan), np.ones(n, dtype=bool)
+        if values.dtype.kind in "fiu":
+            return values.astype(np.float64, copy=False), bad
+        values = values.tolist()
+    if isinstance(values, int | float) and not isinstance(values, bool):
+        return np.full(n, float(values), dtype=np.float64), bad
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        return np.full(n, np.nan), np.ones(n, dtype=bool)
+    if len(values) != n:
+        return np.full(n, np.nan), np.ones(n, dtype=bool)
+    out = np.empty(n, dtype=np.float64)
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = missing
+        elif isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+            out[i], bad[i] = np.nan, True
+        else:
+            try:
+                out[i] = float(v)
+            except (OverflowError, ValueError):
+                out[i], bad[i] = np.nan, True
+    return out, bad
+
+
+def _sources(source: Any, n: int) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.bool_]]:
+    """Source codes: 0 gps, 1 ip, 2 user, 3 unknown (None counts as gps)."""
+    if source is None or isinstance(source, str):
+        values: Any = [source] * n
+    elif isinstance(source, np.ndarray | list | tuple) and len(source) == n:
+        values = list(source)
+    else:
+        return np.zeros(n, dtype=np.int8), np.ones(n, dtype=bool)
+    codes = np.zeros(n, dtype=np.int8)
+    bad = np.zeros(n, dtype=bool)
+    for i, s in enumerate(values):
+        if s is None:
+            continue
+        if isinstance(s, str) and s in SOURCES:
+            codes[i] = SOURCES.index(s)
+        else:
+            bad[i] = True
+    return codes, bad
+
+
+def _device_ids(device_ids: Any, n: int) -> tuple[list[str | None], npt.NDArray[np.bool_]]:
+    bad = np.zeros(n, dtype=bool)
+    if device_ids is None:
+        return [None] * n, bad
+    if isinstance(device_ids, str):
+        device_ids = [device_ids] * n if n == 1 else None
+    if not isinstance(device_ids, np.ndarray | list | tuple) or len(device_ids) != n:
+        return [None] * n, np.ones(n, dtype=bool)
+    out: list[str | None] = []
+    for i, d in enumerate(device_ids):
+        if d is None or (isinstance(d, str) and not d.strip()):
+            out.append(None)
+        elif isinstance(d, str) and len(d) <= 256:
+            out.append(d)
+        else:
+            out.append(None)
+            bad[i] = True
+    return out, bad
+
+
+def _uniform(zs: ZoneSet, n: int, reason: Reason) -> BatchDecision:
+    return BatchDecision(
+        allowed=np.zeros(n, dtype=bool),
+        reason=np.full(n, reason.code, dtype=np.uint8),
+        zone_index=np.full(n, -1, dtype=np.int32),
+        category=np.full(n, NO_CATEGORY, dtype=np.uint8),
+        until=np.full(n, np.nan),
+        zone_set_version=zs.version,
+        zone_ids=zs.ids,
+    )
+
+
+def _open_presence(
+    presence: str | PresenceStore | None, secret: bytes | str | None
+) -> tuple[PresenceStore, DeviceHasher]:
+    if isinstance(presence, PresenceStore):
+        raw = secret.encode() if isinstance(secret, str) else secret
+        return presence, DeviceHasher(raw or os.urandom(32))
+    from geofence.presence.url import open_store
+
+    return open_store(presence, secret)

@@ -1,0 +1,201 @@
+"""Where is a point relative to the zones? The exact spatial index behind every decision.
+
+`ExactIndex` answers, for arrays of (lon, lat, accuracy, time), which zone (if any) the accuracy
+circle reaches within its buffer, whether the point is inside a zone, and which zones the device
+was present in. Candidates come from a shapely STRtree (the zone set is static: it is rebuilt, not
+edited, on reload) over each zone's reach box; each candidate is then measured exactly, in true
+metres, in the AEQD frame of the zone's tile (see `geodesy`). Zones spanning several tiles are cut
+at tile edges so every piece is measured in a frame centred near it; the distance to a zone is the
+least distance to its pieces.
+
+Anything faster must give the same `Located` answer or a more conservative one (issue 6 puts a
+precomputed grid in front of this index; this class stays the reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import shapely
+
+from geofence.geodesy import (
+    FRAME_SLACK_M,
+    FRAME_STRETCH,
+    TILE_DEG,
+    Frames,
+    degree_margins,
+    tile_bounds,
+    tile_key,
+)
+
+# Polygon edges are straight in lon/lat (the GeoJSON convention). Densify them before projecting
+# so that their image in a metric frame follows the same line: at 0.0005 deg (~55 m) the gap
+# between the projected chord and the true edge is far below a millimetre.
+SEGMENT_DEG = 0.0005
+
+KIND_CLEAR = 0
+KIND_INSIDE = 1
+KIND_NEAR = 2
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Located:
+    """Per point: what the location says, before history and policy are applied."""
+
+    kind: npt.NDArray[np.int8]  # KIND_CLEAR, KIND_INSIDE or KIND_NEAR
+    zone: npt.NDArray[np.int32]  # the deciding zone's index, -1 when clear
+    # Presence pairs: point index and zone index for every zone the device may have been in.
+    present_point: I64
+    present_zone: I64
+
+
+class LocationIndex(Protocol):
+    """What the engine needs of an index; implementations may be swapped (see issue 6)."""
+
+    def locate(
+        self, lon: F64, lat: F64, accuracy_m: F64, at: F64, presence_center_only: bool = False
+    ) -> Located: ...
+
+
+class ExactIndex:
+    """STRtree candidates and exact distances in tile frames. The reference implementation."""
+
+    def __init__(
+        self,
+        geometries: npt.NDArray[np.object_],
+        radius_m: F64,
+        buffer_m: F64,
+        valid_from: F64,
+        valid_until: F64,
+        frames: Frames | None = None,
+    ) -> None:
+        self.frames = frames or Frames()
+        self.n_zones = len(geometries)
+        self.radius_m = np.asarray(radius_m, dtype=np.float64)
+        self.buffer_m = np.asarray(buffer_m, dtype=np.float64)
+        self.valid_from = np.asarray(valid_from, dtype=np.float64)
+        self.valid_until = np.asarray(valid_until, dtype=np.float64)
+        self.always_valid = bool(
+            np.all(np.isneginf(self.valid_from)) and np.all(np.isposinf(self.valid_until))
+        )
+        part_zone, part_tile, part_wgs = _split_by_tile(geometries)
+        self.part_zone = part_zone
+        self.part_tile = part_tile
+        self.part_geom = self._project(part_wgs, part_tile)
+        # Reach: how far from its geometry a zone can reject a point with zero accuracy.
+        reach = self.radius_m[part_zone] + self.buffer_m[part_zone]
+        b = shapely.bounds(part_wgs)
+        dlon, dlat = degree_margins(reach, np.maximum(np.abs(b[:, 1]), np.abs(b[:, 3])))
+        boxes = np.column_stack([b[:, 0] - dlon, b[:, 1] - dlat, b[:, 2] + dlon, b[:, 3] + dlat])
+        # Boxes that cross the antimeridian get a twin shifted by 360 degrees.
+        tree_part = np.arange(len(part_zone))
+        east = boxes[:, 2] > 180.0
+        west = boxes[:, 0] < -180.0
+        shifted = np.concatenate([boxes[east] - [360, 0, 360, 0], boxes[west] + [360, 0, 360, 0]])
+        boxes = np.concatenate([boxes, shifted])
+        tree_part = np.concatenate([tree_part, tree_part[east], tree_part[west]])
+        self.tree_part = tree_part
+        self.tree = shapely.STRtree(shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]))
+
+    def _project(self, wgs: npt.NDArray[np.object_], tiles: I64) -> npt.NDArray[np.object_]:
+        out = np.empty(len(wgs), dtype=object)
+        dense = shapely.segmentize(wgs, SEGMENT_DEG)
+        for key in np.unique(tiles):
+            sel = np.flatnonzero(tiles == key)
+            transformer = self.frames.transformer(int(key))
+
+            def apply(xy: np.ndarray, t=transformer) -> np.ndarray:  # type: ignore[no-untyped-def]
+                x, y = t.transform(xy[:, 0], xy[:, 1])
+                return np.column_stack([x, y])
+
+            out[sel] = shapely.transform(dense[sel], apply)
+        shapely.prepare(out)
+        return out
+
+    def candidates(self, lon: F64, lat: F64, accuracy_m: F64) -> tuple[I64, I64]:
+        """(point index, part index) pairs whose boxes meet: a superset of every true hit."""
+        dlon, dlat = degree_margins(accuracy_m, lat)
+        boxes = shapely.box(lon - dlon, lat - dlat, lon + dlon, lat + dlat)
+        pts, hits = self.tree.query(boxes)
+        return pts.astype(np.int64), self.tree_part[hits].astype(np.int64)
+
+    def distances(self, lon: F64, lat: F64, pts: I64, parts: I64) -> F64:
+        """Distance in metres from each point to its paired zone piece (0 inside)."""
+        d = np.empty(len(pts), dtype=np.float64)
+        tiles = self.part_tile[parts]
+        for key in np.unique(tiles):
+            sel = np.flatnonzero(tiles == key)
+            x, y = self.frames.forward(int(key), lon[pts[sel]], lat[pts[sel]])
+            d[sel] = shapely.distance(self.part_geom[parts[sel]], shapely.points(x, y))
+        return d
+
+    def locate(
+        self, lon: F64, lat: F64, accuracy_m: F64, at: F64, presence_center_only: bool = False
+    ) -> Located:
+        n = len(lon)
+        kind = np.zeros(n, dtype=np.int8)
+        zone = np.full(n, -1, dtype=np.int32)
+        pts, parts = self.candidates(lon, lat, accuracy_m)
+        if len(pts) == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return Located(kind, zone, empty, empty)
+        zones = self.part_zone[parts]
+        if not self.always_valid:
+            t = at[pts]
+            active = (self.valid_from[zones] <= t) & (t < self.valid_until[zones])
+            pts, parts, zones = pts[active], parts[active], zones[active]
+        d = self.distances(lon, lat, pts, parts)
+        r = self.radius_m[zones]
+        a = accuracy_m[pts]
+        inside = d <= r * FRAME_STRETCH + FRAME_SLACK_M
+        near_limit = r + self.buffer_m[zones] + a
+        near = d <= near_limit * FRAME_STRETCH + FRAME_SLACK_M
+        present = inside if presence_center_only else d <= (r + a) * FRAME_STRETCH + FRAME_SLACK_M
+
+        hit = near | inside
+        if np.any(hit):
+            hp, hz = pts[hit], zones[hit]
+            # Rank: inside beats near; then the deepest violation; then the lowest zone index.
+            excess = np.where(inside[hit], d[hit] - r[hit], d[hit] - near_limit[hit])
+            order = np.lexsort((hz, excess, ~inside[hit], hp))
+            first = np.unique(hp[order], return_index=True)[1]
+            chosen = order[first]
+            zone[hp[chosen]] = hz[chosen]
+            kind[hp[chosen]] = np.where(inside[hit][chosen], KIND_INSIDE, KIND_NEAR)
+        present_pairs = np.unique(np.column_stack([pts[present], zones[present]]), axis=0)
+        return Located(kind, zone, present_pairs[:, 0], present_pairs[:, 1])
+
+
+def _split_by_tile(geoms: npt.NDArray[np.object_]) -> tuple[I64, I64, npt.NDArray[np.object_]]:
+    """Cut zones at tile edges: (zone index, tile, geometry) per piece."""
+    b = shapely.bounds(geoms)
+    lo = tile_key(b[:, 0], b[:, 1])
+    hi = tile_key(b[:, 2], b[:, 3])
+    single = lo == hi
+    zone_idx = [np.flatnonzero(single)]
+    tiles = [lo[single]]
+    pieces = [geoms[single]]
+    for z in np.flatnonzero(~single):
+        g = geoms[z]
+        lon0, lat0, lon1, lat1 = b[z]
+        rows = np.arange(np.floor((lat0 + 90) / TILE_DEG), np.floor((lat1 + 90) / TILE_DEG) + 1)
+        cols = np.arange(np.floor((lon0 + 180) / TILE_DEG), np.floor((lon1 + 180) / TILE_DEG) + 1)
+        for row in rows:
+            for col in cols:
+                key = int(tile_key(-180 + (col + 0.5) * TILE_DEG, -90 + (row + 0.5) * TILE_DEG))
+                piece = shapely.clip_by_rect(g, *tile_bounds(key))
+                if not piece.is_empty:
+                    zone_idx.append(np.array([z]))
+                    tiles.append(np.array([key]))
+                    pieces.append(np.array([piece], dtype=object))
+    return (
+        np.concatenate(zone_idx).astype(np.int64),
+        np.concatenate(tiles).astype(np.int64),
+        np.concatenate(pieces),
+    )

@@ -1,0 +1,113 @@
+"""A compiled zone set: zones plus policy, resolved to arrays and an index. Immutable, versioned."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from geofence.categories import Category
+from geofence.errors import Problem
+from geofence.index import ExactIndex, LocationIndex
+from geofence.policy import Policy
+from geofence.zones import Zone, content_hash, load_zones, zone_files
+
+POLICY_FILE = "policy.toml"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ZoneSet:
+    """Everything a decision needs about the zones, fixed at compile time.
+
+    `version` is a content hash of the zone files and the policy (with the packs it uses), so the
+    same inputs always give the same version and any edit gives a new one.
+    """
+
+    version: str
+    policy: Policy
+    zones: tuple[Zone, ...]
+    ids: tuple[str, ...]
+    category: npt.NDArray[np.uint8]  # Category.code per zone
+    buffer_m: npt.NDArray[np.float64]  # effective buffer per zone (policy, widened per zone)
+    lookback_s: npt.NDArray[np.float64]  # per category code
+    index: LocationIndex
+    warnings: tuple[Problem, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.zones)
+
+    def counts_by_category(self) -> dict[Category, int]:
+        counts = Counter(z.category for z in self.zones)
+        return {c: counts[c] for c in Category if counts[c]}
+
+    @classmethod
+    def compile(
+        cls, zones: Sequence[Zone], policy: Policy, version: str, warnings: Iterable[Problem] = ()
+    ) -> ZoneSet:
+        """Resolve buffers from the policy and build the index."""
+        n = len(zones)
+        warns = list(warnings) + list(policy.warnings)
+        buffer = np.empty(n, dtype=np.float64)
+        for i, z in enumerate(zones):
+            rule = policy.rule(z.category).buffer_m
+            if z.buffer_m is not None and z.buffer_m < rule:
+                warns.append(
+                    Problem(
+                        z.source,
+                        f"buffer_m {z.buffer_m:g} is below the policy's {rule:g} m for "
+                        f"{z.category.value}; the policy's buffer applies",
+                        zone_id=z.id,
+                        severity="warning",
+                    )
+                )
+            buffer[i] = max(rule, z.buffer_m or 0.0)
+        geoms = np.empty(n, dtype=object)
+        geoms[:] = [z.geometry for z in zones]
+        index = ExactIndex(
+            geoms,
+            radius_m=np.array([z.radius_m for z in zones], dtype=np.float64),
+            buffer_m=buffer,
+            valid_from=np.array(
+                [-np.inf if z.valid_from is None else z.valid_from for z in zones], np.float64
+            ),
+            valid_until=np.array(
+                [np.inf if z.valid_until is None else z.valid_until for z in zones], np.float64
+            ),
+        )
+        return cls(
+            version=version,
+            policy=policy,
+            zones=tuple(zones),
+            ids=tuple(z.id for z in zones),
+            category=np.array([z.category.code for z in zones], dtype=np.uint8),
+            buffer_m=buffer,
+            lookback_s=np.array([policy.rule(c).lookback_s for c in Category], dtype=np.float64),
+            index=index,
+            warnings=tuple(warns),
+        )
+
+    @classmethod
+    def from_paths(cls, *paths: str | Path) -> ZoneSet:
+        """Load zone files and the folder's policy.toml; raise ZoneFileError/PolicyError."""
+        files = zone_files(paths)
+        policy_path = _policy_path(paths)
+        policy = Policy.load(policy_path) if policy_path else Policy.default()
+        zones, warnings = load_zones(files)
+        extra = [policy.fingerprint.encode()]
+        version = content_hash(files, extra)
+        return cls.compile(zones, policy, version, warnings)
+
+
+def _policy_path(paths: Iterable[str | Path]) -> Path | None:
+    """The policy.toml of the first folder given (or beside the first file) that has one."""
+    for raw in paths:
+        p = Path(raw)
+        folder = p if p.is_dir() else p.parent
+        candidate = folder / POLICY_FILE
+        if candidate.is_file():
+            return candidate
+    return None

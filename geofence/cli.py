@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from geofence.engine import Engine
 from geofence.errors import GeofenceError, Problem, ProblemsError
 from geofence.policy import Policy
 from geofence.zones import read_zones, zone_files
@@ -94,8 +94,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from geofence.engine import Engine
-
     engine = Engine.from_paths(*args.path, presence="memory://")
     decision = engine.check_location(
         lat=args.lat,
@@ -124,14 +122,26 @@ def _validate(args: argparse.Namespace) -> int:
             problems += exc.problems
     for p in problems:
         if args.json:
-            print(json.dumps({"file": p.file, "feature": p.feature, "id": p.zone_id,
-                              "severity": p.severity, "message": p.message, "hint": p.hint}))
+            print(
+                json.dumps(
+                    {
+                        "file": p.file,
+                        "feature": p.feature,
+                        "id": p.zone_id,
+                        "severity": p.severity,
+                        "message": p.message,
+                        "hint": p.hint,
+                    }
+                )
+            )
         else:
             print(p)
     errors = sum(p.severity == "error" for p in problems)
     if not args.json:
-        print(f"{len(files)} file(s), {errors} error(s), {len(problems) - errors} warning(s)",
-              file=sys.stderr)
+        print(
+            f"{len(files)} file(s), {errors} error(s), {len(problems) - errors} warning(s)",
+            file=sys.stderr,
+        )
     return EXIT_FINDING if errors else EXIT_OK
 
 
@@ -159,8 +169,10 @@ def _compile(args: argparse.Namespace) -> int:
     print(f"zone set {zs.version}: {len(zs)} zones, pack {zs.policy.pack}")
     print(f"{'category':<22}{'zones':>7}{'buffer m':>10}{'lookback d':>12}  set by")
     for name, row in summary["categories"].items():  # type: ignore[attr-defined]
-        print(f"{name:<22}{row['zones']:>7}{row['buffer_m']:>10.1f}{row['lookback_days']:>12g}"
-              f"  {row['set_by']}")
+        print(
+            f"{name:<22}{row['zones']:>7}{row['buffer_m']:>10.1f}{row['lookback_days']:>12g}"
+            f"  {row['set_by']}"
+        )
     for w in zs.warnings:
         print(w, file=sys.stderr)
     return EXIT_OK

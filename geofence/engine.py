@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +18,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from geofence.beacons import normalize_beacon_id
 from geofence.decision import NO_CATEGORY, BatchDecision, Decision
 from geofence.errors import PresenceUnavailable
 from geofence.index import KIND_CLEAR, KIND_INSIDE
+from geofence.openrtb import InvalidBidRequest, parse_bid_request
 from geofence.presence.base import DeviceHasher, PresenceStore
+from geofence.presence.memory import MemoryStore
+from geofence.presence.url import open_store, secret_bytes
 from geofence.reasons import Reason
 from geofence.zoneset import ZoneSet
 
@@ -115,6 +118,207 @@ class Engine:
     def forget(self, device_id: str) -> None:
         """Erase every presence record of one device (a consumer's deletion request)."""
         self._store.forget(self._hasher.key(str(device_id)))
+
+    def check_openrtb(self, request: Any) -> Decision:
+        """Decide an OpenRTB 2.5/2.6 bid request (bytes, str or dict). Never raises.
+
+        Location: `device.geo` only (never `user.geo`, which is a home base); `at` is now minus
+        `device.geo.lastfix`; `type` 2 (IP) follows the policy. Device: `device.ifa`, unless
+        `device.lmt` is 1 (the user limited ad tracking: no presence is read or written for
+        them, so they are judged on location alone). Beacons: `device.ext.beacons`.
+        """
+        zs = self._zs
+        try:
+            return self._openrtb(zs, request, time.time())
+        except Exception:
+            log.exception("internal error in check_openrtb")
+            return Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+
+    def check_openrtb_many(self, requests: Any) -> list[Decision]:
+        """Decide a list of bid requests; one decision per request. Never raises."""
+        zs = self._zs
+        try:
+            items = list(requests)
+        except Exception:
+            return [Decision(False, Reason.INVALID_REQUEST, zs.version, detail="not a list")]
+        now = time.time()
+        out = []
+        for r in items:
+            try:
+                out.append(self._openrtb(zs, r, now))
+            except Exception:
+                log.exception("internal error in check_openrtb_many")
+                out.append(Decision(False, Reason.INTERNAL_ERROR, zs.version))
+        return out
+
+    def _openrtb(self, zs: ZoneSet, request: Any, now: float) -> Decision:
+        try:
+            bid = parse_bid_request(request)
+        except InvalidBidRequest as exc:
+            return Decision(False, Reason.INVALID_REQUEST, zs.version, detail=str(exc)[:200])
+        at = now - bid.fix_age_s
+        device = None if bid.lmt else bid.device_id
+        decisions: list[Decision] = []
+        if bid.lat is not None and bid.lon is not None:
+            source = bid.source if bid.source in SOURCES else "unknown"
+            decisions.append(
+                self._batch(
+                    zs,
+                    [bid.lat],
+                    [bid.lon],
+                    [bid.accuracy_m],
+                    [device],
+                    [at],
+                    [source],
+                    record=True,
+                ).decision(0)
+            )
+        for sighting in bid.beacons:
+            decisions.append(self._beacon(zs, sighting.beacon_id, device, at))
+        if not decisions:
+            allowed = zs.policy.requests.no_location == "allow"
+            return Decision(
+                allowed,
+                Reason.NO_LOCATION,
+                zs.version,
+                detail="no device.geo location and no beacon",
+            )
+        rejected = [d for d in decisions if not d.allowed]
+        return rejected[0] if rejected else decisions[0]
+
+    def check_beacon(
+        self, beacon_id: Any, device_id: Any = None, at: Any = None, rssi: Any = None
+    ) -> Decision:
+        """Decide a beacon-triggered request: a beacon in or near a zone is presence there."""
+        zs = self._zs
+        try:
+            if rssi is not None and (
+                isinstance(rssi, bool)
+                or not isinstance(rssi, int | float)
+                or not math.isfinite(rssi)
+            ):
+                return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad rssi")
+            when, bad = _floats([at], 1, missing=time.time())
+            if bad[0] or not math.isfinite(when[0]):
+                return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad time")
+            if device_id is not None and not isinstance(device_id, str):
+                return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad device id")
+            return self._beacon(zs, beacon_id, device_id, float(when[0]))
+        except Exception:
+            log.exception("internal error in check_beacon")
+            return Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+
+    def check_beacons_many(
+        self, beacon_ids: Sequence[Any], device_ids: Any = None, at: Any = None
+    ) -> list[Decision]:
+        """Decide a batch of beacon sightings; one decision per sighting. Never raises."""
+        try:
+            n = len(beacon_ids)
+            devices = list(device_ids) if device_ids is not None else [None] * n
+            times = list(at) if isinstance(at, list | tuple | np.ndarray) else [at] * n
+            if len(devices) != n or len(times) != n:
+                raise ValueError("mismatched lengths")
+        except Exception:
+            return [
+                Decision(
+                    False,
+                    Reason.INVALID_REQUEST,
+                    self._zs.version,
+                    detail="beacon_ids, device_ids and at must have one length",
+                )
+            ]
+        return [
+            self.check_beacon(b, d, t) for b, d, t in zip(beacon_ids, devices, times, strict=True)
+        ]
+
+    def _beacon(self, zs: ZoneSet, beacon_id: Any, device_id: str | None, at: float) -> Decision:
+        rules = zs.policy.beacons
+        try:
+            normalized = normalize_beacon_id(beacon_id) if isinstance(beacon_id, str) else None
+        except ValueError as exc:
+            return Decision(False, Reason.INVALID_REQUEST, zs.version, detail=str(exc)[:200])
+        if normalized is None:
+            return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="beacon id")
+        beacon = zs.beacons.get(normalized) if zs.beacons is not None else None
+        if beacon is None:
+            allowed = rules.unknown == "allow"
+            return Decision(
+                allowed,
+                Reason.ALLOWED if allowed else Reason.UNKNOWN_BEACON,
+                zs.version,
+                detail="beacon not in the registry",
+            )
+        if beacon.status == "inactive" and rules.inactive == "reject":
+            return Decision(False, Reason.UNKNOWN_BEACON, zs.version, detail="beacon is inactive")
+        if beacon.status == "decommissioned":
+            if rules.decommissioned == "reject":
+                return Decision(
+                    False, Reason.UNKNOWN_BEACON, zs.version, detail="beacon is decommissioned"
+                )
+            allowed = zs.policy.requests.no_location == "allow"
+            return Decision(
+                allowed, Reason.NO_LOCATION, zs.version, detail="decommissioned beacon ignored"
+            )
+        linked = zs.zone_position(beacon.zone_id) if beacon.zone_id else -1
+        if linked < 0 and (beacon.lat is None or beacon.lon is None):
+            # A link to a zone this set does not hold (or no longer active): fail closed.
+            return Decision(
+                False,
+                Reason.UNKNOWN_BEACON,
+                zs.version,
+                detail="beacon's zone is not in this zone set",
+            )
+        if linked >= 0:
+            zone = zs.zones[linked]
+            active = (zone.valid_from is None or zone.valid_from <= at) and (
+                zone.valid_until is None or at < zone.valid_until
+            )
+            if active:
+                self._record(zs, device_id, [linked], at)
+                return Decision(
+                    False,
+                    Reason.BEACON_IN_ZONE,
+                    zs.version,
+                    zone.id,
+                    zone.category,
+                    detail="beacon linked to this zone",
+                )
+        # A positioned beacon: its range circle is the device's accuracy circle.
+        d = self._batch(
+            zs,
+            [beacon.lat],
+            [beacon.lon],
+            [beacon.range_m],
+            [device_id],
+            [at],
+            ["gps"],
+            record=True,
+        ).decision(0)
+        if d.reason in (Reason.INSIDE_ZONE, Reason.NEAR_ZONE):
+            return Decision(
+                False,
+                Reason.BEACON_IN_ZONE,
+                zs.version,
+                d.zone_id,
+                d.category,
+                detail=f"beacon range reaches the zone ({d.reason.value})",
+            )
+        return d
+
+    def _record(self, zs: ZoneSet, device_id: str | None, zones: list[int], at: float) -> None:
+        """Record presence of one device in the given zones (best effort; logged on failure)."""
+        if not device_id or not zones:
+            return
+        cats = zs.category[np.asarray(zones)]
+        try:
+            self._store.record_many(
+                [self._hasher.key(device_id)] * len(zones),
+                cats.astype(np.uint8),
+                np.full(len(zones), at),
+                np.full(len(zones), at + zs.policy.max_lookback_s),
+            )
+        except PresenceUnavailable:
+            log.warning("presence store unavailable: presence record not written")
 
     # --- batches --------------------------------------------------------------------------------
 
@@ -256,7 +460,7 @@ class Engine:
         record: bool,
     ) -> None:
         """Apply and update the presence memory for requests that carry a device id."""
-        keys = self._hasher.keys([ids[i] for i in has_id])  # type: ignore[misc]
+        keys = self._hasher.keys([ids[i] or "" for i in has_id])
         key_of = dict(zip(has_id.tolist(), keys, strict=True))
         # Presence seen in this batch: (request, category, time, end of its lookback).
         pres_req = ok[present_point]
@@ -422,9 +626,8 @@ def _uniform(zs: ZoneSet, n: int, reason: Reason) -> BatchDecision:
 def _open_presence(
     presence: str | PresenceStore | None, secret: bytes | str | None
 ) -> tuple[PresenceStore, DeviceHasher]:
+    """A store from a URL (or $GEOFENCE_PRESENCE_URL), or a store object given directly."""
     if isinstance(presence, PresenceStore):
-        raw = secret.encode() if isinstance(secret, str) else secret
-        return presence, DeviceHasher(raw or os.urandom(32))
-    from geofence.presence.url import open_store
-
+        scheme = "memory" if isinstance(presence, MemoryStore) else "shared"
+        return presence, DeviceHasher(secret_bytes(secret, scheme))
     return open_store(presence, secret)

@@ -207,7 +207,7 @@ def _rule_table(table: Any, where: str, problems: list[Problem]) -> dict[str, fl
         return {}
     _unknown_keys(table, _RULE_KEYS, where, problems)
     out: dict[str, float] = {}
-    for key in _RULE_KEYS & table.keys():
+    for key in [k for k in table if k in _RULE_KEYS]:  # file order: stable messages
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(Problem(where, f"{key} must be a number, not {value!r}"))
@@ -315,7 +315,7 @@ def _resolve(
                     f"set [defaults] {key} or [categories.{c.value}] {key}",
                 )
             )
-            return None
+            continue  # name every missing key, not only the first
         if asked is not None and pack_value is not None and asked < pack_value:
             warnings.append(
                 Problem(
@@ -330,6 +330,8 @@ def _resolve(
         else:
             assert pack_value is not None
             values[key], origin[key] = pack_value, pack_where
+    if len(values) < 2:
+        return None
     return CategoryRule(values["buffer_m"], values["lookback_days"], origin["buffer_m"])
 
 
@@ -356,7 +358,7 @@ def _section(
     known = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
     _unknown_keys(table, known, here, problems)
     kwargs: dict[str, Any] = {}
-    for key in known & table.keys():
+    for key in [k for k in table if k in known]:  # file order: stable messages
         value = table[key]
         if key in _CHOICES:
             if value not in _CHOICES[key]:

@@ -92,21 +92,33 @@ def read_zones(paths: Iterable[str | Path]) -> tuple[list[Zone], list[Problem]]:
     for f in zone_files(paths):
         file_zones, file_problems = read_zone_file(f)
         problems += file_problems
+        # Every feature with an id claims it, including features rejected for another defect,
+        # so a duplicate is reported now rather than after the first defect is fixed.
+        claims: dict[tuple[str, int], tuple[str, Zone | None]] = {}
         for z, index in file_zones:
-            if z.id in seen:
-                other_file, other_index = seen[z.id]
+            claims[(z.source, index)] = (z.id, z)
+        for p in file_problems:
+            if p.severity == "error" and p.zone_id is not None and p.feature is not None:
+                claims.setdefault((p.file, p.feature), (p.zone_id, None))
+        layer_rank = {label: rank for rank, label in enumerate(dict.fromkeys(k[0] for k in claims))}
+        for (label, index), (zid, zone) in sorted(
+            claims.items(), key=lambda item: (layer_rank[item[0][0]], item[0][1])
+        ):
+            if zid in seen:
+                other_label, other_index = seen[zid]
                 problems.append(
                     Problem(
-                        f.name,
-                        f"duplicate id {z.id!r}: also {other_file} feature {other_index}",
+                        label,
+                        f"duplicate id {zid!r}: also {other_label} feature {other_index}",
                         index,
-                        z.id,
+                        zid,
                         hint="ids must be unique across every zone file",
                     )
                 )
                 continue
-            seen[z.id] = (f.name, index)
-            zones.append(z)
+            seen[zid] = (label, index)
+            if zone is not None:
+                zones.append(zone)
     return zones, problems
 
 
@@ -342,11 +354,8 @@ def _read_csv(path: Path) -> tuple[list[tuple[Zone, int]], list[Problem]]:
         lon = _number(row.get("lon"), "lon", name, i, zid, problems, required=True)
         geoms[i] = shapely.Point(lon, lat) if lat is not None and lon is not None else None
         records.append(row)
-    zones, more = _check_features(name, records, geoms, None)
-    # A CSV is WGS84 by definition: drop the "no CRS" warning meant for GIS files.
-    more = [p for p in more if not p.message.startswith("no CRS declared")]
-    if any(p.message.startswith("no CRS declared and") for p in more):
-        more = [_range_problem(name, None, None, None)]
+    # A CSV is WGS84 lon/lat by definition: each row's range is checked on its own.
+    zones, more = _check_features(name, records, geoms, pyproj.CRS.from_epsg(4326))
     # Rows that failed to parse lat/lon would be reported twice (bad number, empty geometry).
     bad_rows = {p.feature for p in problems}
     more = [p for p in more if not (p.feature in bad_rows and p.message == "empty geometry")]
@@ -406,9 +415,8 @@ def _number(
         problems.append(Problem(label, f"{field} is not a number: {value!r}", index, zid))
         return None
     if not math.isfinite(number) or (field not in ("lat", "lon") and number < 0):
-        problems.append(
-            Problem(label, f"{field} must be finite and >= 0, not {value!r}", index, zid)
-        )
+        bound = "" if field in ("lat", "lon") else " and >= 0"
+        problems.append(Problem(label, f"{field} must be finite{bound}, not {value!r}", index, zid))
         return None
     return number
 
@@ -452,14 +460,7 @@ def _in_range(b: np.ndarray) -> bool:
     )
 
 
-def _range_problem(label: str, index: int | None, zid: str | None, b: Any) -> Problem:
-    if b is None:
-        return Problem(
-            label,
-            "coordinates out of range: latitude must be in [-90, 90] and longitude in [-180, 180]",
-            index,
-            zid,
-        )
+def _range_problem(label: str, index: int, zid: str | None, b: np.ndarray) -> Problem:
     lon_fits_lat = b[0] >= -90 and b[2] <= 90
     lat_fits_lon = b[1] >= -180 and b[3] <= 180
     if lon_fits_lat and lat_fits_lon:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from geofence.beacons import BeaconRegistry, load_beacon_registry
 from geofence.categories import Category
 from geofence.errors import Problem
 from geofence.index import ExactIndex, LocationIndex
@@ -17,6 +18,7 @@ from geofence.policy import Policy
 from geofence.zones import Zone, content_hash, load_zones, zone_files
 
 POLICY_FILE = "policy.toml"
+BEACONS_FILE = "beacons.csv"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -36,6 +38,8 @@ class ZoneSet:
     lookback_s: npt.NDArray[np.float64]  # per category code
     index: LocationIndex
     warnings: tuple[Problem, ...] = ()
+    beacons: BeaconRegistry | None = None  # zones/beacons.csv, when the folder has one
+    positions: Mapping[str, int] = field(default_factory=dict)  # zone id -> index
 
     def __len__(self) -> int:
         return len(self.zones)
@@ -46,7 +50,12 @@ class ZoneSet:
 
     @classmethod
     def compile(
-        cls, zones: Sequence[Zone], policy: Policy, version: str, warnings: Iterable[Problem] = ()
+        cls,
+        zones: Sequence[Zone],
+        policy: Policy,
+        version: str,
+        warnings: Iterable[Problem] = (),
+        beacons: BeaconRegistry | None = None,
     ) -> ZoneSet:
         """Resolve buffers from the policy and build the index."""
         n = len(zones)
@@ -87,8 +96,14 @@ class ZoneSet:
             buffer_m=buffer,
             lookback_s=np.array([policy.rule(c).lookback_s for c in Category], dtype=np.float64),
             index=index,
-            warnings=tuple(warns),
+            warnings=tuple(warns) + (beacons.warnings if beacons else ()),
+            beacons=beacons,
+            positions={z.id: i for i, z in enumerate(zones)},
         )
+
+    def zone_position(self, zone_id: str) -> int:
+        """The index of a zone by id, or -1."""
+        return self.positions.get(zone_id, -1)
 
     @classmethod
     def from_paths(cls, *paths: str | Path) -> ZoneSet:
@@ -97,17 +112,26 @@ class ZoneSet:
         policy_path = _policy_path(paths)
         policy = Policy.load(policy_path) if policy_path else Policy.default()
         zones, warnings = load_zones(files)
+        beacon_path = _beside(paths, BEACONS_FILE)
+        beacons = (
+            load_beacon_registry(beacon_path, {z.id for z in zones}) if beacon_path else None
+        )
         extra = [policy.fingerprint.encode()]
-        version = content_hash(files, extra)
-        return cls.compile(zones, policy, version, warnings)
+        version = content_hash(files + ([beacon_path] if beacon_path else []), extra)
+        return cls.compile(zones, policy, version, warnings, beacons)
 
 
 def _policy_path(paths: Iterable[str | Path]) -> Path | None:
     """The policy.toml of the first folder given (or beside the first file) that has one."""
+    return _beside(paths, POLICY_FILE)
+
+
+def _beside(paths: Iterable[str | Path], name: str) -> Path | None:
+    """The file `name` in the first folder given (or beside the first file) that has one."""
     for raw in paths:
         p = Path(raw)
         folder = p if p.is_dir() else p.parent
-        candidate = folder / POLICY_FILE
+        candidate = folder / name
         if candidate.is_file():
             return candidate
     return None

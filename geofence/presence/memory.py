@@ -1,0 +1,180 @@
+"""An in-process presence store: a dict of hashed devices, expiring and bounded in size.
+
+It is the default because it needs nothing set up, and the fastest, but it forgets everything
+when the process ends and is not shared between processes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from geofence.presence.base import PresenceStore
+
+logger = logging.getLogger("geofence.presence")
+
+DEFAULT_MAX_DEVICES = 10_000_000
+
+# Per device: {category code: (latest time, expires_at)}. A small dict per device keeps a
+# lookup one dict access, and a device rarely has more than a few categories.
+_Records = dict[int, tuple[float, float]]
+
+
+def _device_expiry(records: _Records) -> float:
+    """When the last record of a device expires (the device can be dropped then)."""
+    return max(e for _, e in records.values())
+
+
+class MemoryStore(PresenceStore):
+    """Presence kept in this process: thread-safe, expiring, at most `max_devices` devices.
+
+    Expired records are dropped lazily when read, and whole devices by an amortised sweep that
+    runs on every write: a min-heap of (device expiry, key) pops devices as their last record
+    expires, so a write costs O(log n) amortised (the O(n) heap rebuild that drops superseded
+    entries runs only after about n writes).
+
+    When `max_devices` devices are stored and a new one arrives, the device whose last record
+    expires soonest is evicted (a warning is logged once). Eviction therefore only loses the
+    oldest presence: every evicted record expires no later than the newest record of any device
+    kept. It is still a loss (that device may be targeted before its lookback ends, by at most the
+    time its records had left), so size the store for the devices seen within the longest
+    lookback: a device costs about 500 bytes (10 million, the default bound, about 5 GB).
+    """
+
+    def __init__(self, max_devices: int = DEFAULT_MAX_DEVICES) -> None:
+        if max_devices < 1:
+            raise ValueError(f"max_devices must be at least 1, got {max_devices}")
+        self.url = f"memory://?max_devices={max_devices}"
+        self.max_devices = max_devices
+        self._lock = threading.Lock()
+        self._data: dict[bytes, _Records] = {}
+        # Entries go stale when a device's expiry moves later or it is forgotten; a popped entry
+        # is acted on only when it still matches the device (lazy deletion), and the heap is
+        # rebuilt when stale entries outnumber live devices.
+        self._heap: list[tuple[float, bytes]] = []
+        self._warned_full = False
+        self.evicted = 0  # devices evicted for room since creation (for metrics and tests)
+
+    def record_many(
+        self,
+        keys: Sequence[bytes],
+        categories: npt.NDArray[np.uint8],
+        times: npt.NDArray[np.float64],
+        expires_at: npt.NDArray[np.float64],
+    ) -> None:
+        """Record presence, keeping per (device, category) the latest time and expiry."""
+        # tolist() once: Python floats and ints are much faster to handle than NumPy scalars.
+        cats = np.asarray(categories).tolist()
+        ts = np.asarray(times, dtype=np.float64).tolist()
+        exps = np.asarray(expires_at, dtype=np.float64).tolist()
+        if not (len(keys) == len(cats) == len(ts) == len(exps)):
+            raise ValueError("record_many: keys, categories, times and expires_at differ in length")
+        now = time.time()
+        with self._lock:
+            self._sweep(now)
+            data = self._data
+            heap = self._heap
+            for key, cat, t, e in zip(keys, cats, ts, exps, strict=True):
+                if e <= now:
+                    continue  # already expired: storing it would only be swept away
+                records = data.get(key)
+                if records is None:
+                    if len(data) >= self.max_devices:
+                        self._evict_one()
+                    data[key] = {cat: (t, e)}
+                    heapq.heappush(heap, (e, key))
+                    continue
+                old = records.get(cat)
+                if old is None:
+                    before = _device_expiry(records)
+                    records[cat] = (t, e)
+                elif t > old[0] or e > old[1]:
+                    before = _device_expiry(records)
+                    records[cat] = (max(t, old[0]), max(e, old[1]))
+                else:
+                    continue
+                if e > before:
+                    heapq.heappush(heap, (e, key))
+            if len(heap) > 2 * len(data) + 1024:
+                self._rebuild_heap()
+
+    def latest_many(self, keys: Sequence[bytes]) -> list[dict[int, float]]:
+        """For each key, {category code: latest time} of its unexpired records."""
+        now = time.time()
+        out: list[dict[int, float]] = []
+        append = out.append
+        with self._lock:
+            get = self._data.get
+            for key in keys:
+                records = get(key)
+                if records is None:
+                    append({})
+                else:
+                    append({c: t for c, (t, e) in records.items() if e > now})
+        return out
+
+    def forget(self, key: bytes) -> None:
+        """Erase one device; its heap entries become stale and are skipped when popped."""
+        with self._lock:
+            self._data.pop(key, None)
+
+    def close(self) -> None:
+        """Drop everything: a memory store has nothing else to release."""
+        with self._lock:
+            self._data.clear()
+            self._heap.clear()
+
+    def dump(self) -> dict[bytes, dict[int, tuple[float, float]]]:
+        """A copy of everything stored, {key: {category: (time, expires_at)}} (for audits)."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._data.items()}
+
+    def __len__(self) -> int:
+        """The number of devices stored (some may have expired and await the sweep)."""
+        return len(self._data)
+
+    # -- internals; the caller holds the lock -------------------------------------------------
+
+    def _sweep(self, now: float) -> None:
+        """Drop every device whose last record has expired."""
+        heap = self._heap
+        data = self._data
+        while heap and heap[0][0] <= now:
+            _, key = heapq.heappop(heap)
+            records = data.get(key)
+            if records is not None and _device_expiry(records) <= now:
+                del data[key]
+
+    def _evict_one(self) -> None:
+        """Drop the device whose last record expires soonest, to make room for a new one."""
+        heap = self._heap
+        data = self._data
+        while heap:
+            e, key = heapq.heappop(heap)
+            records = data.get(key)
+            if records is not None and _device_expiry(records) == e:
+                del data[key]
+                self.evicted += 1
+                if not self._warned_full:
+                    self._warned_full = True
+                    logger.warning(
+                        "memory presence store is full (%d devices): evicting the devices whose "
+                        "records expire soonest; raise max_devices or use sqlite:// or redis://",
+                        self.max_devices,
+                    )
+                return
+        # Unreachable while every stored device has a live heap entry; rebuild defensively.
+        self._rebuild_heap()
+        if self._heap:
+            self._evict_one()
+
+    def _rebuild_heap(self) -> None:
+        """One live entry per device, dropping every stale one."""
+        self._heap = [(_device_expiry(r), k) for k, r in self._data.items()]
+        heapq.heapify(self._heap)

@@ -1,0 +1,362 @@
+"""The engine end to end: decisions, fail-closed input handling, presence, reload, OpenRTB."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyproj
+import pytest
+import shapely
+from conftest import BUNDLED_ZONES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geofence import Category, Engine, Reason, ZoneFileError
+from geofence.errors import PresenceUnavailable
+from geofence.policy import load_policy_text
+from geofence.presence.memory import MemoryStore
+from geofence.zones import Zone
+from geofence.zoneset import ZoneSet
+
+ST_PAULS = (51.5138028, -0.0983361)  # inside osm:pofw_a/369161987
+HELSINKI_CLINIC = (60.1695572, 24.9435041)  # centre of osm:node/1985597270, radius 50 m
+RICHMOND_PARK = (51.4450, -0.2750)  # ~6.8 km from every bundled zone
+T0 = float(int(time.time()))  # presence stores expire records by the wall clock
+DAY = 86_400.0
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.from_paths(BUNDLED_ZONES)
+
+
+def small_engine(policy: str = 'pack = "us-strictest"\n', **kw: Any) -> Engine:
+    zones = [
+        Zone("clinic", "", Category.REPRODUCTIVE_HEALTH, shapely.Point(-122.33, 47.61), 30.0),
+        Zone(
+            "church", "", Category.PLACE_OF_WORSHIP, shapely.box(-122.40, 47.60, -122.399, 47.601)
+        ),
+        Zone(
+            "rally",
+            "",
+            Category.ASSEMBLY,
+            shapely.box(-122.50, 47.60, -122.499, 47.601),
+            valid_from=T0,
+            valid_until=T0 + 3 * 3600,
+        ),
+    ]
+    zs = ZoneSet.compile(zones, load_policy_text(policy, "<test>"), "v-test")
+    return Engine(zs, **kw)
+
+
+# --- location decisions ------------------------------------------------------------------------
+
+
+def test_inside_near_and_clear(engine: Engine) -> None:
+    inside = engine.check_location(lat=ST_PAULS[0], lon=ST_PAULS[1], accuracy_m=5.0)
+    assert (inside.allowed, inside.reason) == (False, Reason.INSIDE_ZONE)
+    assert inside.zone_id == "osm:pofw_a/369161987"
+    assert inside.category is Category.PLACE_OF_WORSHIP
+    assert inside.zone_set_version == engine.version
+    clinic = engine.check_location(lat=HELSINKI_CLINIC[0], lon=HELSINKI_CLINIC[1], accuracy_m=5.0)
+    assert clinic.reason is Reason.INSIDE_ZONE and clinic.category is Category.CLINIC
+    far = engine.check_location(lat=RICHMOND_PARK[0], lon=RICHMOND_PARK[1], accuracy_m=20.0)
+    assert (far.allowed, far.reason, far.zone_id) == (True, Reason.ALLOWED, None)
+
+
+def test_accuracy_circle_reaches_the_buffer() -> None:
+    """609.6 m buffer + 30 m radius: a fix 700 m away is clear at 50 m accuracy, not at 70 m."""
+    e = small_engine()
+    lon, lat, _ = pyproj.Geod(ellps="WGS84").fwd(-122.33, 47.61, 90.0, 700.0)
+    assert e.check_location(lat=lat, lon=lon, accuracy_m=50.0).reason is Reason.ALLOWED
+    near = e.check_location(lat=lat, lon=lon, accuracy_m=70.0)
+    assert (near.reason, near.zone_id) == (Reason.NEAR_ZONE, "clinic")
+
+
+def test_missing_accuracy_and_ip_follow_the_policy() -> None:
+    lon, lat, _ = pyproj.Geod(ellps="WGS84").fwd(-122.33, 47.61, 0.0, 1500.0)
+    default = small_engine()
+    # Missing accuracy assumes 1,000 m: 1,500 m <= 30 + 609.6 + 1000.
+    assert default.check_location(lat=lat, lon=lon).reason is Reason.NEAR_ZONE
+    assert default.check_location(lat=lat, lon=lon, source="ip").reason is Reason.IMPRECISE_LOCATION
+    strict = small_engine('pack = "us-strictest"\n[requests]\nmissing_accuracy_m = "reject"\n')
+    assert strict.check_location(lat=lat, lon=lon).reason is Reason.IMPRECISE_LOCATION
+    lenient = small_engine(
+        '[requests]\nmissing_accuracy_m = 10\nip_location = "circle"\nip_accuracy_m = 100\n'
+    )
+    assert lenient.check_location(lat=lat, lon=lon).reason is Reason.ALLOWED
+    assert lenient.check_location(lat=lat, lon=lon, source="ip").reason is Reason.ALLOWED
+    huge = default.check_location(lat=lat + 1, lon=lon, accuracy_m=50_000.0)
+    assert huge.reason is Reason.IMPRECISE_LOCATION
+
+
+def test_temporary_zone_through_the_engine() -> None:
+    e = small_engine()
+    args = {"lat": 47.6005, "lon": -122.4995, "accuracy_m": 5.0}
+    assert e.check_location(**args, at=T0 - 1).reason is Reason.ALLOWED
+    during = e.check_location(**args, at=T0 + 60)
+    assert (during.reason, during.zone_id) == (Reason.INSIDE_ZONE, "rally")
+    assert e.check_location(**args, at=T0 + 3 * 3600).reason is Reason.ALLOWED
+
+
+# --- fail closed -------------------------------------------------------------------------------
+
+BAD_SCALARS: list[dict[str, Any]] = [
+    {"lat": math.nan, "lon": 0.0},
+    {"lat": 0.0, "lon": math.inf},
+    {"lat": 90.0001, "lon": 0.0},
+    {"lat": 0.0, "lon": -180.5},
+    {"lat": None, "lon": 0.0},
+    {"lat": "51.5", "lon": 0.0},
+    {"lat": True, "lon": 0.0},
+    {"lat": [1.0], "lon": 0.0},
+    {"lat": 1.0, "lon": 0.0, "accuracy_m": -1.0},
+    {"lat": 1.0, "lon": 0.0, "accuracy_m": math.nan},
+    {"lat": 1.0, "lon": 0.0, "accuracy_m": math.inf},
+    {"lat": 1.0, "lon": 0.0, "accuracy_m": "5"},
+    {"lat": 1.0, "lon": 0.0, "at": math.nan},
+    {"lat": 1.0, "lon": 0.0, "at": "yesterday"},
+    {"lat": 1.0, "lon": 0.0, "device_id": 12345},
+    {"lat": 1.0, "lon": 0.0, "source": "wifi"},
+]
+
+
+@pytest.mark.parametrize("kwargs", BAD_SCALARS, ids=lambda k: repr(k)[:60])
+def test_malformed_input_is_invalid_request(engine: Engine, kwargs: dict[str, Any]) -> None:
+    d = engine.check_location(**kwargs)
+    assert (d.allowed, d.reason) == (False, Reason.INVALID_REQUEST)
+
+
+def test_internal_error_is_a_rejection(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = Engine(engine.zone_set)
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(e.zone_set.index, "locate", boom)
+    d = e.check_location(lat=1.0, lon=1.0, accuracy_m=1.0)
+    assert (d.allowed, d.reason) == (False, Reason.INTERNAL_ERROR)
+    b = e.check_many(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+    assert b.allowed.tolist() == [False, False]
+    assert b.reasons() == [Reason.INTERNAL_ERROR] * 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lat=st.one_of(st.floats(), st.integers(), st.text(max_size=3), st.none(), st.booleans()),
+    lon=st.one_of(st.floats(), st.integers(), st.none()),
+    acc=st.one_of(st.floats(), st.none(), st.integers(-5, 10**6)),
+    at=st.one_of(st.floats(), st.none()),
+)
+def test_any_scalar_input_gives_a_decision(lat: Any, lon: Any, acc: Any, at: Any) -> None:
+    e = _shared_engine()
+    d = e.check_location(lat=lat, lon=lon, accuracy_m=acc, at=at)
+    assert isinstance(d.reason, Reason)
+    valid = (
+        isinstance(lat, int | float)
+        and not isinstance(lat, bool)
+        and math.isfinite(lat)
+        and abs(lat) <= 90
+        and isinstance(lon, int | float)
+        and math.isfinite(lon)
+        and abs(lon) <= 180
+        and (acc is None or (math.isfinite(acc) and acc >= 0))
+        and (at is None or math.isfinite(at))
+    )
+    if not valid:
+        assert (d.allowed, d.reason) == (False, Reason.INVALID_REQUEST)
+
+
+_ENGINE: list[Engine] = []
+
+
+def _shared_engine() -> Engine:
+    if not _ENGINE:
+        _ENGINE.append(small_engine())
+    return _ENGINE[0]
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def test_check_many_matches_check_location(engine: Engine) -> None:
+    rng = np.random.default_rng(5)
+    n = 3000
+    lat = rng.uniform(51.48, 51.535, n)
+    lon = rng.uniform(-0.21, -0.06, n)
+    acc = rng.choice([0.0, 10.0, 100.0], n)
+    batch = engine.check_many(lat, lon, acc)
+    assert len(batch) == n
+    assert batch.allowed.dtype == bool
+    assert 0 < batch.allowed.sum() < n  # the sample straddles zones and clear ground
+    for i in rng.choice(n, 300, replace=False):
+        single = engine.check_location(lat=lat[i], lon=lon[i], accuracy_m=acc[i])
+        assert batch.decision(int(i)) == single
+
+
+def test_check_many_flags_bad_elements_and_shapes(engine: Engine) -> None:
+    lat = np.array([ST_PAULS[0], np.nan, 91.0, RICHMOND_PARK[0]])
+    lon = np.array([ST_PAULS[1], 0.0, 0.0, RICHMOND_PARK[1]])
+    acc = np.array([5.0, 5.0, 5.0, -3.0])
+    b = engine.check_many(lat, lon, acc)
+    assert b.reasons() == [Reason.INSIDE_ZONE] + [Reason.INVALID_REQUEST] * 3
+    mismatched = engine.check_many(lat, lon[:2])
+    assert mismatched.reasons() == [Reason.INVALID_REQUEST] * 4
+    matrix = engine.check_many(np.zeros((2, 2)), np.zeros((2, 2)))
+    assert not matrix.allowed.any()
+    strings = engine.check_many(np.array(["a", "b"]), np.array([1.0, 2.0]))
+    assert strings.reasons() == [Reason.INVALID_REQUEST] * 2
+    assert engine.check_many([], []).allowed.shape == (0,)
+
+
+# --- presence ----------------------------------------------------------------------------------
+
+
+def test_recently_inside_for_the_lookback_then_allowed() -> None:
+    e = small_engine()
+    inside = e.check_location(lat=47.61, lon=-122.33, accuracy_m=5.0, device_id="ifa-1", at=T0)
+    assert inside.reason is Reason.INSIDE_ZONE
+    far = {"lat": 40.0, "lon": -100.0, "accuracy_m": 5.0, "device_id": "ifa-1"}
+    later = e.check_location(**far, at=T0 + 59 * DAY)
+    assert (later.reason, later.category) == (Reason.RECENTLY_INSIDE, Category.REPRODUCTIVE_HEALTH)
+    assert later.until == pytest.approx(T0 + 60 * DAY)
+    assert e.check_location(**far, at=T0 + 60 * DAY).reason is Reason.ALLOWED
+    other = e.check_location(**{**far, "device_id": "ifa-2"}, at=T0 + DAY)
+    assert other.reason is Reason.ALLOWED
+    e.forget("ifa-1")
+    assert e.check_location(**far, at=T0 + DAY).reason is Reason.ALLOWED
+
+
+def test_presence_within_one_batch_counts_for_later_pings() -> None:
+    e = small_engine()
+    lat = np.array([47.61, 40.0, 40.0])
+    lon = np.array([-122.33, -100.0, -100.0])
+    at = np.array([T0, T0 + 10, T0 - 10])
+    b = e.check_many(lat, lon, np.full(3, 5.0), device_ids=["d", "d", "e"], at=at)
+    assert b.reasons() == [Reason.INSIDE_ZONE, Reason.RECENTLY_INSIDE, Reason.ALLOWED]
+
+
+def test_store_down_fails_closed_only_where_history_is_needed() -> None:
+    class Down(MemoryStore):
+        def latest_many(self, keys: Any) -> Any:
+            raise PresenceUnavailable("down")
+
+    e = small_engine(presence=Down(), presence_secret="0123456789abcdef0123")
+    d = e.check_location(lat=40.0, lon=-100.0, accuracy_m=5.0, device_id="x", at=T0)
+    assert (d.allowed, d.reason) == (False, Reason.STATE_UNAVAILABLE)
+    anonymous = e.check_location(lat=40.0, lon=-100.0, accuracy_m=5.0, at=T0)
+    assert anonymous.reason is Reason.ALLOWED
+    inside = e.check_location(lat=47.61, lon=-122.33, accuracy_m=5.0, device_id="x", at=T0)
+    assert inside.reason is Reason.INSIDE_ZONE
+
+
+def test_no_device_id_policy() -> None:
+    e = small_engine('[requests]\nno_device_id = "reject"\n')
+    assert e.check_location(lat=40.0, lon=-100.0, accuracy_m=5.0).reason is Reason.INVALID_REQUEST
+    assert (
+        e.check_location(lat=40.0, lon=-100.0, accuracy_m=5.0, device_id="a").reason
+        is Reason.ALLOWED
+    )
+
+
+# --- reload ------------------------------------------------------------------------------------
+
+
+def test_reload_swaps_and_a_bad_set_never_replaces_a_good_one(tmp_path: Path) -> None:
+    folder = tmp_path / "zones"
+    shutil.copytree(BUNDLED_ZONES, folder)
+    e = Engine.from_paths(folder)
+    v1 = e.version
+    assert e.check_location(lat=ST_PAULS[0], lon=ST_PAULS[1], accuracy_m=5.0).reason is (
+        Reason.INSIDE_ZONE
+    )
+    gj = folder / "london_places_of_worship.geojson"
+    good = gj.read_text()
+    data = json.loads(good)
+    data["features"][0]["properties"]["category"] = "hospitl"
+    gj.write_text(json.dumps(data))
+    with pytest.raises(ZoneFileError, match="hospitl"):
+        e.reload(folder)
+    assert e.version == v1
+    assert e.check_location(lat=ST_PAULS[0], lon=ST_PAULS[1], accuracy_m=5.0).zone_set_version == v1
+    data = json.loads(good)
+    data["features"] = [
+        f for f in data["features"] if f["properties"]["id"] != "osm:pofw_a/369161987"
+    ]
+    gj.write_text(json.dumps(data))
+    v2 = e.reload(folder)
+    assert v2 != v1
+    d = e.check_location(lat=ST_PAULS[0], lon=ST_PAULS[1], accuracy_m=5.0)
+    assert d.zone_set_version == v2 and d.zone_id != "osm:pofw_a/369161987"
+
+
+def test_version_is_a_content_hash(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(BUNDLED_ZONES, a)
+    shutil.copytree(BUNDLED_ZONES, b)
+    assert ZoneSet.from_paths(a).version == ZoneSet.from_paths(b).version
+    (b / "policy.toml").write_text('pack = "washington"\n')
+    assert ZoneSet.from_paths(a).version != ZoneSet.from_paths(b).version
+
+
+# --- OpenRTB -----------------------------------------------------------------------------------
+
+
+def test_openrtb_uses_device_geo_lastfix_and_ifa() -> None:
+    e = small_engine()
+    req = {
+        "id": "r1",
+        "device": {"ifa": "ifa-9", "geo": {"lat": 47.61, "lon": -122.33, "accuracy": 5, "type": 1}},
+    }
+    d = e.check_openrtb(json.dumps(req).encode())
+    assert (d.reason, d.zone_id) == (Reason.INSIDE_ZONE, "clinic")
+    later = {
+        "id": "r2",
+        "device": {"ifa": "ifa-9", "geo": {"lat": 40.0, "lon": -100.0, "accuracy": 5, "type": 1}},
+    }
+    assert e.check_openrtb(later).reason is Reason.RECENTLY_INSIDE
+    home_only = {"id": "r3", "user": {"geo": {"lat": 47.61, "lon": -122.33}}}
+    assert e.check_openrtb(home_only).reason is Reason.NO_LOCATION
+    assert not e.check_openrtb(home_only).allowed
+    ip = {"id": "r4", "device": {"geo": {"lat": 40.0, "lon": -100.0, "type": 2}}}
+    assert e.check_openrtb(ip).reason is Reason.IMPRECISE_LOCATION
+    for bad in (b"{not json", "[]", {"device": {"geo": {"lat": 123.4, "lon": 0}}}, 42):
+        assert e.check_openrtb(bad).reason is Reason.INVALID_REQUEST  # type: ignore[arg-type]
+    rally = {
+        "id": "r5",
+        "device": {
+            "geo": {"lat": 47.6005, "lon": -122.4995, "accuracy": 5, "type": 1, "lastfix": 0}
+        },
+    }
+    assert e.check_openrtb(rally).reason is Reason.INSIDE_ZONE  # the rally is on now
+
+
+def test_openrtb_many_never_raises() -> None:
+    e = small_engine()
+    out = e.check_openrtb_many([b"{", {"id": "x"}, None])
+    assert [d.reason for d in out] == [
+        Reason.INVALID_REQUEST,
+        Reason.NO_LOCATION,
+        Reason.INVALID_REQUEST,
+    ]
+    assert e.check_openrtb_many(5)[0].reason is Reason.INVALID_REQUEST  # type: ignore[arg-type]
+
+
+def test_shared_openrtb_fixtures_decide(shared_data: Path, engine: Engine) -> None:
+    """Every Prebid fixture gives a decision; the out-of-range one is invalid_request."""
+    seen = {}
+    for f in sorted((shared_data / "openrtb" / "prebid-server").glob("*.json")):
+        req = json.loads(f.read_text())["mockBidRequest"]
+        seen[f.name] = engine.check_openrtb(req).reason
+    assert seen["endpoints_openrtb2_sample-requests_valid-whole_exemplary_device-sua.json"] is (
+        Reason.INVALID_REQUEST
+    )
+    assert seen["adapters_smartx_smartxtest_exemplary_03-device.json"] is Reason.IMPRECISE_LOCATION
+    assert seen["adapters_rubicon_rubicontest_exemplary_simple-banner.json"] is Reason.NO_LOCATION
+    assert all(isinstance(r, Reason) for r in seen.values()) and len(seen) == 7

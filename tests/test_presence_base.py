@@ -1,0 +1,149 @@
+"""The PresenceStore contract, checked on every backend, and the DeviceHasher."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geofence.presence import DeviceHasher, MemoryStore, PresenceStore, SQLiteStore
+
+SECRET = b"0123456789abcdef-test-secret"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PresenceStore]:
+    """Each backend in turn, empty."""
+    s: PresenceStore
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "presence.db")
+    else:
+        from geofence.presence.redis import RedisStore  # noqa: PLC0415 - only when used
+
+        s = RedisStore(request.getfixturevalue("redis_url"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def hasher() -> DeviceHasher:
+    return DeviceHasher(SECRET)
+
+
+def batch(
+    records: list[tuple[bytes, int, float, float]],
+) -> tuple[list[bytes], np.ndarray, np.ndarray, np.ndarray]:
+    """record_many's arguments from (key, category, time, expires_at) tuples."""
+    return (
+        [r[0] for r in records],
+        np.array([r[1] for r in records], dtype=np.uint8),
+        np.array([r[2] for r in records], dtype=np.float64),
+        np.array([r[3] for r in records], dtype=np.float64),
+    )
+
+
+def test_record_then_latest(store: PresenceStore, hasher: DeviceHasher) -> None:
+    now = time.time()
+    k = hasher.key("ifa-SECRET-123")
+    store.record(k, 3, now - 10.5, now + 3600)
+    assert store.latest(k) == {3: now - 10.5}
+    assert store.latest(hasher.key("ifa-SECRET-other")) == {}
+
+
+def test_latest_time_per_category_is_the_max(store: PresenceStore, hasher: DeviceHasher) -> None:
+    now = time.time()
+    a, b = hasher.keys(["ifa-a", "ifa-b"])
+    store.record(a, 1, now - 100, now + 3600)
+    store.record(a, 1, now - 300, now + 3600)  # older: must not replace the later time
+    store.record(a, 1, now - 50, now + 3600)
+    # Within one batch too, in any order.
+    store.record_many(
+        *batch([(a, 2, now - 7, now + 60), (a, 2, now - 9, now + 60), (b, 2, now - 1, now + 60)])
+    )
+    assert store.latest_many([a, b, a]) == [
+        {1: now - 50, 2: now - 7},
+        {2: now - 1},
+        {1: now - 50, 2: now - 7},
+    ]
+
+
+def test_expired_records_are_not_returned(store: PresenceStore, hasher: DeviceHasher) -> None:
+    now = time.time()
+    short, long_ = hasher.keys(["ifa-short", "ifa-long"])
+    store.record_many(*batch([(short, 4, now, now + 0.3), (long_, 4, now, now + 60)]))
+    assert store.latest(short) == {4: now}
+    time.sleep(0.5)
+    assert store.latest_many([short, long_]) == [{}, {4: now}]
+
+
+def test_already_expired_records_are_not_stored(store: PresenceStore, hasher: DeviceHasher) -> None:
+    now = time.time()
+    k = hasher.key("ifa-late")
+    store.record(k, 4, now - 100, now - 1)
+    assert store.latest(k) == {}
+
+
+def test_forget_erases_one_device(store: PresenceStore, hasher: DeviceHasher) -> None:
+    now = time.time()
+    a, b = hasher.keys(["ifa-forget-me", "ifa-keep-me"])
+    store.record_many(*batch([(a, 1, now, now + 60), (a, 2, now, now + 60), (b, 1, now, now + 60)]))
+    store.forget(a)
+    store.forget(hasher.key("ifa-never-seen"))  # no error for an unknown device
+    assert store.latest_many([a, b]) == [{}, {1: now}]
+
+
+def test_empty_calls(store: PresenceStore) -> None:
+    store.record_many(*batch([]))
+    assert store.latest_many([]) == []
+
+
+def test_concurrent_use_equals_sequential(store: PresenceStore, hasher: DeviceHasher) -> None:
+    """Threads recording and reading at once leave exactly what one thread would have."""
+    now = time.time()
+    keys = hasher.keys([f"ifa-thread-{i}" for i in range(40)])
+    rng = random.Random(7)
+    batches = [
+        [(rng.choice(keys), rng.randrange(17), now - rng.randrange(10_000), now + 3600.0)
+         for _ in range(25)]
+        for _ in range(64)
+    ]  # fmt: skip
+    errors: list[BaseException] = []
+
+    def work(mine: list[list[tuple[bytes, int, float, float]]]) -> None:
+        try:
+            for b in mine:
+                store.record_many(*batch(b))
+                store.latest_many(keys[:10])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(batches[i::8],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    expected: dict[bytes, dict[int, float]] = {k: {} for k in keys}
+    for b in batches:
+        for k, c, t, _ in b:
+            expected[k][c] = max(t, expected[k].get(c, t))
+    assert store.latest_many(keys) == [expected[k] for k in keys]
+
+
+def test_hasher_is_keyed_and_stable() -> None:
+    h1, h2 = DeviceHasher(SECRET), DeviceHasher(SECRET)
+    other = DeviceHasher(b"another-secret-of-16+bytes")
+    assert h1.key("ifa-SECRET-123") == h2.key("ifa-SECRET-123")
+    assert h1.key("ifa-SECRET-123") != other.key("ifa-SECRET-123")
+    assert len(h1.key("x")) == 32
+    assert h1.keys(["a", "b"]) == [h1.key("a"), h1.key("b")]
+    with pytest.raises(ValueError, match="16 bytes"):
+        DeviceHasher(b"short")

@@ -1,0 +1,149 @@
+"""Tests for geofence.presence.memory: expiry sweep, eviction when full, speed, privacy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from geofence.presence import DeviceHasher, MemoryStore
+from geofence.presence import memory as memory_module
+
+SECRET = b"0123456789abcdef-test-secret"
+DEVICE_IDS = [f"ifa-SECRET-{i}" for i in range(50)]
+COORDINATES = ["40.712776", "-74.005974", "47.6062", "-122.3321"]
+
+
+class Clock:
+    """A settable replacement for time.time() in the memory module."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock(1_700_000_000.0)
+    monkeypatch.setattr(memory_module, "time", SimpleNamespace(time=c.time))
+    return c
+
+
+def record(store: MemoryStore, key: bytes, cat: int, t: float, exp: float) -> None:
+    store.record(key, cat, t, exp)
+
+
+def test_sweep_drops_devices_whose_records_all_expired(clock: Clock) -> None:
+    store = MemoryStore()
+    h = DeviceHasher(SECRET)
+    a, b = h.keys(["ifa-a", "ifa-b"])
+    record(store, a, 1, clock.now, clock.now + 10)
+    record(store, a, 2, clock.now, clock.now + 30)  # a lives until its last record expires
+    record(store, b, 1, clock.now, clock.now + 10)
+    clock.now += 20
+    # Read: a's expired category is hidden at once, the other is kept.
+    assert store.latest_many([a, b]) == [{2: clock.now - 20}, {}]
+    # The next write sweeps b (every record expired) but not a.
+    record(store, h.key("ifa-c"), 1, clock.now, clock.now + 10)
+    assert set(store.dump()) == {a, h.key("ifa-c")}
+    clock.now += 100
+    record(store, h.key("ifa-d"), 1, clock.now, clock.now + 10)
+    assert set(store.dump()) == {h.key("ifa-d")}
+
+
+def test_a_later_expiry_keeps_the_device(clock: Clock) -> None:
+    store = MemoryStore()
+    k = DeviceHasher(SECRET).key("ifa-extended")
+    record(store, k, 1, clock.now, clock.now + 10)
+    record(store, k, 1, clock.now + 5, clock.now + 40)  # same category, later and longer
+    clock.now += 20
+    record(store, DeviceHasher(SECRET).key("ifa-other"), 1, clock.now, clock.now + 10)  # sweeps
+    assert store.latest(k) == {1: clock.now - 15}
+
+
+def test_eviction_drops_the_soonest_expiring_and_warns_once(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore(max_devices=3)
+    h = DeviceHasher(SECRET)
+    k = h.keys(["ifa-1", "ifa-2", "ifa-3", "ifa-4", "ifa-5"])
+    record(store, k[0], 1, clock.now, clock.now + 300)
+    record(store, k[1], 1, clock.now, clock.now + 100)  # expires soonest
+    record(store, k[2], 1, clock.now, clock.now + 200)
+    record(store, k[1], 2, clock.now, clock.now + 150)  # still the soonest device (150)
+    with caplog.at_level(logging.WARNING, logger="geofence.presence"):
+        record(store, k[3], 1, clock.now, clock.now + 400)
+        assert set(store.dump()) == {k[0], k[2], k[3]}
+        record(store, k[4], 1, clock.now, clock.now + 50)  # evicts k[2] (200), the soonest left
+    assert set(store.dump()) == {k[0], k[3], k[4]}
+    assert store.evicted == 2
+    warnings = [r for r in caplog.records if r.name == "geofence.presence"]
+    assert len(warnings) == 1 and "full" in warnings[0].getMessage()
+
+
+def test_updates_do_not_grow_the_heap_without_bound(clock: Clock) -> None:
+    store = MemoryStore()
+    k = DeviceHasher(SECRET).key("ifa-busy")
+    for i in range(5000):
+        record(store, k, i % 3, clock.now + i, clock.now + 1000 + i)
+    assert len(store) == 1
+    assert len(store._heap) <= 2 * len(store) + 1024
+    assert store.latest(k) == {0: clock.now + 4998, 1: clock.now + 4999, 2: clock.now + 4997}
+
+
+def test_close_empties_the_store() -> None:
+    store = MemoryStore()
+    now = time.time()
+    store.record(DeviceHasher(SECRET).key("ifa-x"), 1, now, now + 60)
+    store.close()
+    assert store.dump() == {} and len(store) == 0
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="max_devices"):
+        MemoryStore(max_devices=0)
+    with pytest.raises(ValueError, match="differ in length"):
+        MemoryStore().record_many(
+            [b"k" * 32], np.array([1, 2], np.uint8), np.array([1.0]), np.array([2.0])
+        )
+
+
+def test_lookup_of_unknown_keys_is_under_a_microsecond() -> None:
+    """The hot path: most devices have no presence, and a miss must cost one dict lookup."""
+    store = MemoryStore()
+    h = DeviceHasher(SECRET)
+    now = time.time()
+    known = h.keys([f"ifa-known-{i}" for i in range(10_000)])
+    n = len(known)
+    store.record_many(known, np.full(n, 2, np.uint8), np.full(n, now), np.full(n, now + 600))
+    unknown = h.keys([f"ifa-unknown-{i}" for i in range(100_000)])
+    best = float("inf")
+    for _ in range(5):  # best of five: the cost of the code, not of a busy machine
+        t0 = time.perf_counter()
+        out = store.latest_many(unknown)
+        best = min(best, (time.perf_counter() - t0) / len(unknown))
+    assert out[0] == {} and len(out) == len(unknown)
+    assert best < 1e-6, f"{best * 1e9:.0f} ns per unknown key"
+
+
+def test_nothing_stored_reveals_a_device_id_or_a_place() -> None:
+    store = MemoryStore()
+    h = DeviceHasher(SECRET)
+    now = time.time()
+    keys = h.keys(DEVICE_IDS)
+    n = len(keys)
+    store.record_many(
+        keys, np.arange(n, dtype=np.uint8) % 17, np.full(n, now), np.full(n, now + 600)
+    )
+    everything = store.dump()
+    assert set(everything) == set(keys)
+    assert all(len(k) == 32 for k in everything)
+    blob = repr(everything).encode() + b"".join(everything)
+    for value in [*DEVICE_IDS, "ifa-SECRET", *COORDINATES]:
+        assert value.encode() not in blob
+        assert value.encode("utf-16-le") not in blob

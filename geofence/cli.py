@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from geofence import compiled
 from geofence.engine import Engine
 from geofence.errors import GeofenceError, Problem, ProblemsError
 from geofence.policy import Policy
@@ -23,7 +24,7 @@ EPILOG = """examples:
   geofence check zones/ --lat 51.5138 --lon -0.0984 --accuracy 25
   geofence check zones/ --lat 60.1696 --lon 24.9435 --device ifa-123 --at 1767225600
   geofence validate zones/
-  geofence compile zones/
+  geofence compile zones/ -o zones.gfz
 """
 
 
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("path", nargs="+")
     comp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    comp.add_argument("-o", "--output", help="write the compiled zone set to this .gfz file")
     comp.set_defaults(func=_compile)
     return parser
 
@@ -147,6 +149,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     zs = ZoneSet.from_paths(*args.path)
+    if args.output:
+        compiled.save(zs, args.output)
     counts = zs.counts_by_category()
     summary = {
         "version": zs.version,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from geofence import compiled
 from geofence.beacons import normalize_beacon_id
 from geofence.decision import NO_CATEGORY, BatchDecision, Decision
 from geofence.errors import PresenceUnavailable
@@ -61,6 +62,20 @@ class Engine:
         """Load zone files (and the folder's policy.toml); raise ZoneFileError/PolicyError."""
         return cls(ZoneSet.from_paths(*paths), presence, presence_secret)
 
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        presence: str | PresenceStore | None = None,
+        presence_secret: bytes | str | None = None,
+    ) -> Engine:
+        """Open a compiled zone set (`geofence compile -o`); raise CompiledFileError if bad."""
+        return cls(compiled.load(path), presence, presence_secret)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the serving zone set as a compiled, checksummed file."""
+        return compiled.save(self._zs, path)
+
     @property
     def zone_set(self) -> ZoneSet:
         return self._zs
@@ -74,7 +89,10 @@ class Engine:
 
         A defective set raises (ZoneFileError, PolicyError) and the serving set stays in place.
         """
-        new = ZoneSet.from_paths(*paths)
+        if len(paths) == 1 and Path(paths[0]).suffix == ".gfz":
+            new = compiled.load(paths[0])
+        else:
+            new = ZoneSet.from_paths(*paths)
         self._zs = new  # a single reference assignment: atomic for every reader
         log.info("zone set %s loaded (%d zones)", new.version, len(new))
         return new.version

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from conftest import BUNDLED_ZONES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geofence import Category, Engine, Reason, ZoneFileError
+from geofence import Category, CompiledFileError, Engine, Reason, ZoneFileError
 from geofence.errors import PresenceUnavailable
 from geofence.policy import load_policy_text
 from geofence.presence.memory import MemoryStore
@@ -360,3 +362,33 @@ def test_shared_openrtb_fixtures_decide(shared_data: Path, engine: Engine) -> No
     assert seen["adapters_smartx_smartxtest_exemplary_03-device.json"] is Reason.IMPRECISE_LOCATION
     assert seen["adapters_rubicon_rubicontest_exemplary_simple-banner.json"] is Reason.NO_LOCATION
     assert all(isinstance(r, Reason) for r in seen.values()) and len(seen) == 7
+
+
+# --- compiled files ----------------------------------------------------------------------------
+
+
+def test_compiled_file_round_trip_and_refusals(tmp_path: Path, engine: Engine) -> None:
+    path = engine.save(tmp_path / "zones.gfz")
+    loaded = Engine.load(path)
+    assert loaded.version == engine.version and len(loaded.zone_set) == len(engine.zone_set)
+    rng = np.random.default_rng(2)
+    lat, lon = rng.uniform(51.48, 51.535, 2000), rng.uniform(-0.21, -0.06, 2000)
+    a, b = engine.check_many(lat, lon, 15.0), loaded.check_many(lat, lon, 15.0)
+    assert a.reason.tolist() == b.reason.tolist()
+    assert a.zone_index.tolist() == b.zone_index.tolist()
+
+    raw = bytearray(path.read_bytes())
+    corrupt = tmp_path / "corrupt.gfz"
+    corrupt.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(CompiledFileError):
+        Engine.load(corrupt)
+    pickled = tmp_path / "evil.gfz"
+    pickled.write_bytes(pickle.dumps({"format": "geofence-zoneset"}))
+    with pytest.raises(CompiledFileError, match="not a readable"):
+        Engine.load(pickled)
+    altered = tmp_path / "altered.gfz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(altered, "w") as dst:
+        dst.writestr("manifest.json", src.read("manifest.json"))
+        dst.writestr("zoneset.json", src.read("zoneset.json").replace(b"hospital", b"clinic"))
+    with pytest.raises(CompiledFileError, match="checksum"):
+        Engine.load(altered)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from geofence.presence.base import PresenceStore
+from geofence.presence.base import PresenceStore, record_lists
 
 logger = logging.getLogger("geofence.presence")
 
@@ -69,12 +69,7 @@ class MemoryStore(PresenceStore):
         expires_at: npt.NDArray[np.float64],
     ) -> None:
         """Record presence, keeping per (device, category) the latest time and expiry."""
-        # tolist() once: Python floats and ints are much faster to handle than NumPy scalars.
-        cats = np.asarray(categories).tolist()
-        ts = np.asarray(times, dtype=np.float64).tolist()
-        exps = np.asarray(expires_at, dtype=np.float64).tolist()
-        if not (len(keys) == len(cats) == len(ts) == len(exps)):
-            raise ValueError("record_many: keys, categories, times and expires_at differ in length")
+        cats, ts, exps = record_lists(keys, categories, times, expires_at)
         now = time.time()
         with self._lock:
             self._sweep(now)

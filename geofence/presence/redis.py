@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from geofence.errors import PresenceUnavailable
-from geofence.presence.base import PresenceStore
+from geofence.presence.base import PresenceStore, record_lists
 from geofence.presence.url import redact
 
 logger = logging.getLogger("geofence.presence")
@@ -108,11 +108,7 @@ class RedisStore(PresenceStore):
         expires_at: npt.NDArray[np.float64],
     ) -> None:
         """Record the batch in one pipelined round trip (one script call per device)."""
-        cats = np.asarray(categories).tolist()
-        ts = np.asarray(times, dtype=np.float64).tolist()
-        exps = np.asarray(expires_at, dtype=np.float64).tolist()
-        if not (len(keys) == len(cats) == len(ts) == len(exps)):
-            raise ValueError("record_many: keys, categories, times and expires_at differ in length")
+        cats, ts, exps = record_lists(keys, categories, times, expires_at)
         now = time.time()
         # Reduce the batch to {device: {category: (max time, max expiry)}} first, so each device
         # is one script call whatever the batch holds.

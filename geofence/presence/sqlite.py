@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geofence.errors import PresenceConfigError, PresenceUnavailable
-from geofence.presence.base import PresenceStore
+from geofence.presence.base import PresenceStore, record_lists
 
 logger = logging.getLogger("geofence.presence")
 
@@ -99,11 +99,7 @@ class SQLiteStore(PresenceStore):
         expires_at: npt.NDArray[np.float64],
     ) -> None:
         """Upsert the records in one transaction (committed, and synced, when this returns)."""
-        cats = np.asarray(categories).tolist()
-        ts = np.asarray(times, dtype=np.float64).tolist()
-        exps = np.asarray(expires_at, dtype=np.float64).tolist()
-        if not (len(keys) == len(cats) == len(ts) == len(exps)):
-            raise ValueError("record_many: keys, categories, times and expires_at differ in length")
+        cats, ts, exps = record_lists(keys, categories, times, expires_at)
         rows = [(bytes(k), c, t, e) for k, c, t, e in zip(keys, cats, ts, exps, strict=True)]
         now = time.time()
 

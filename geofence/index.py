@@ -143,8 +143,10 @@ class ExactIndex:
                 )
                 d[sel] = np.where(inside, 0.0, np.inf)
                 continue
-            x, y = self.frames.forward(int(key), lon[pts[sel]], lat[pts[sel]])
-            d[sel] = shapely.distance(self.part_geom[parts[sel]], shapely.points(x, y))
+            # A point near several zones of one tile is projected once, not once per zone.
+            unique_pts, back = np.unique(pts[sel], return_inverse=True)
+            x, y = self.frames.forward(int(key), lon[unique_pts], lat[unique_pts])
+            d[sel] = shapely.distance(self.part_geom[parts[sel]], shapely.points(x, y)[back])
         return d
 
     def locate(

@@ -146,7 +146,8 @@ class ExactIndex:
             # A point near several zones of one tile is projected once, not once per zone.
             unique_pts, back = np.unique(pts[sel], return_inverse=True)
             x, y = self.frames.forward(int(key), lon[unique_pts], lat[unique_pts])
-            d[sel] = shapely.distance(self.part_geom[parts[sel]], shapely.points(x, y)[back])
+            projected = np.asarray(shapely.points(x, y), dtype=object)
+            d[sel] = shapely.distance(self.part_geom[parts[sel]], projected[back])
         return d
 
     def locate(

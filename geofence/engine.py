@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from geofence import compiled
 from geofence.beacons import normalize_beacon_id
+from geofence.categories import Category
 from geofence.decision import NO_CATEGORY, BatchDecision, Decision
 from geofence.errors import PresenceUnavailable
 from geofence.index import KIND_CLEAR, KIND_INSIDE
@@ -192,7 +193,10 @@ class Engine:
                 ).decision(0)
             )
         for sighting in bid.beacons:
-            decisions.append(self._beacon(zs, sighting.beacon_id, device, at))
+            # lastfix dates the GPS fix only: a beacon in the request was heard now.
+            d = self._beacon(zs, sighting.beacon_id, device, now)
+            if d.reason is not Reason.NO_LOCATION:  # an ignored (decommissioned) beacon
+                decisions.append(d)
         if not decisions:
             allowed = zs.policy.requests.no_location == "allow"
             return Decision(
@@ -232,7 +236,10 @@ class Engine:
         """Decide a batch of beacon sightings; one decision per sighting. Never raises."""
         try:
             n = len(beacon_ids)
-            devices = list(device_ids) if device_ids is not None else [None] * n
+            if device_ids is None or isinstance(device_ids, str):
+                devices = [device_ids] * n  # one device for every sighting
+            else:
+                devices = list(device_ids)
             times = list(at) if isinstance(at, list | tuple | np.ndarray) else [at] * n
             if len(devices) != n or len(times) != n:
                 raise ValueError("mismatched lengths")
@@ -301,6 +308,9 @@ class Engine:
                     zone.category,
                     detail="beacon linked to this zone",
                 )
+            if beacon.lat is None or beacon.lon is None:
+                # Its zone is not active now: the place protects nobody; history still counts.
+                return self._history_only(zs, device_id, at)
         # A positioned beacon: its range circle is the device's accuracy circle.
         d = self._batch(
             zs,
@@ -322,6 +332,27 @@ class Engine:
                 detail=f"beacon range reaches the zone ({d.reason.value})",
             )
         return d
+
+    def _history_only(self, zs: ZoneSet, device_id: str | None, at: float) -> Decision:
+        """A decision from the device's presence history alone (no location to judge)."""
+        if not device_id:
+            return Decision(True, Reason.ALLOWED, zs.version)
+        try:
+            history = self._store.latest(self._hasher.key(device_id))
+        except PresenceUnavailable:
+            return Decision(
+                False, Reason.STATE_UNAVAILABLE, zs.version, detail="presence store unavailable"
+            )
+        end, cat = _block_end(history, zs.lookback_s)
+        if at < end:
+            return Decision(
+                False,
+                Reason.RECENTLY_INSIDE,
+                zs.version,
+                category=Category.from_code(cat),
+                until=end,
+            )
+        return Decision(True, Reason.ALLOWED, zs.version)
 
     def _record(self, zs: ZoneSet, device_id: str | None, zones: list[int], at: float) -> None:
         """Record presence of one device in the given zones (best effort; logged on failure)."""
@@ -415,12 +446,14 @@ class Engine:
         else:
             acc = np.where(missing_acc, rules.missing_accuracy_m, acc)
             imprecise = np.zeros(n, dtype=bool)
+        imprecise |= acc > rules.max_accuracy_m
+        # IP fixes: rejected, or widened to the policy's IP circle after the max_accuracy_m check
+        # (that check is about what a device reports; the IP circle is the policy's own choice).
         is_ip = src == 1
         if rules.ip_location == "reject":
             imprecise |= is_ip
         else:
             acc = np.where(is_ip, np.fmax(acc, rules.ip_accuracy_m), acc)
-        imprecise |= acc > rules.max_accuracy_m
         no_id = np.array([i is None for i in ids], dtype=bool) if n else np.zeros(0, bool)
         if rules.no_device_id == "reject":
             bad |= no_id
@@ -436,6 +469,7 @@ class Engine:
                 acc[ok],
                 at_a[ok],
                 presence_center_only=zs.policy.presence.rule == "center_inside",
+                need_presence=~no_id[ok],
             )
             hit = loc.kind != KIND_CLEAR
             hz = loc.zone[hit]
@@ -508,11 +542,7 @@ class Engine:
                 batch_events.setdefault(key_of[r], []).append((t, e, c))
             lookback = zs.lookback_s
             for i, key in zip(has_id.tolist(), keys, strict=True):
-                best_end, best_cat = -math.inf, -1
-                for c, t in by_key[key].items():
-                    end = t + lookback[c]
-                    if end > best_end:
-                        best_end, best_cat = end, c
+                best_end, best_cat = _block_end(by_key[key], lookback)
                 for t, end, c in batch_events.get(key, ()):
                     if t <= at[i] and end > best_end:
                         best_end, best_cat = end, c
@@ -534,6 +564,16 @@ class Engine:
                 log.warning(
                     "presence store unavailable: %d presence records not written", len(pres_req)
                 )
+
+
+def _block_end(history: dict[int, float], lookback_s: F64) -> tuple[float, int]:
+    """(end of the latest presence block, its category code) from {category: last time}."""
+    best_end, best_cat = -math.inf, -1
+    for c, t in history.items():
+        end = t + lookback_s[c]
+        if end > best_end:
+            best_end, best_cat = end, c
+    return best_end, best_cat
 
 
 # --- input coercion: every malformed element becomes a flag, never an exception -----------------

@@ -61,8 +61,16 @@ class LocationIndex(Protocol):
     """What the engine needs of an index; implementations may be swapped (see issue 6)."""
 
     def locate(
-        self, lon: F64, lat: F64, accuracy_m: F64, at: F64, presence_center_only: bool = False
-    ) -> Located: ...
+        self,
+        lon: F64,
+        lat: F64,
+        accuracy_m: F64,
+        at: F64,
+        presence_center_only: bool = False,
+        need_presence: npt.NDArray[np.bool_] | None = None,
+    ) -> Located:
+        """Locate points; presence pairs are complete for points flagged in need_presence."""
+        ...
 
 
 class ExactIndex:
@@ -90,6 +98,7 @@ class ExactIndex:
         self.part_zone = part_zone
         self.part_tile = part_tile
         self.part_geom = self._project(part_wgs, part_tile)
+        self.part_bounds = shapely.bounds(part_wgs)
         # Reach: how far from its geometry a zone can reject a point with zero accuracy.
         reach = np.where(
             part_tile == INTERIOR, 0.0, self.radius_m[part_zone] + self.buffer_m[part_zone]
@@ -151,8 +160,15 @@ class ExactIndex:
         return d
 
     def locate(
-        self, lon: F64, lat: F64, accuracy_m: F64, at: F64, presence_center_only: bool = False
+        self,
+        lon: F64,
+        lat: F64,
+        accuracy_m: F64,
+        at: F64,
+        presence_center_only: bool = False,
+        need_presence: npt.NDArray[np.bool_] | None = None,
     ) -> Located:
+        """Exact answers for every point; presence pairs for every point."""
         n = len(lon)
         kind = np.zeros(n, dtype=np.int8)
         zone = np.full(n, -1, dtype=np.int32)
@@ -190,9 +206,10 @@ class ExactIndex:
 def _split_by_tile(geoms: npt.NDArray[np.object_]) -> tuple[I64, I64, npt.NDArray[np.object_]]:
     """Cut zones at tile edges: (zone index, tile, geometry) per piece.
 
-    Only tiles that the zone's boundary crosses get a piece. Tiles wholly inside a large zone are
-    covered by one extra piece per zone with tile INTERIOR: the zone itself in lon/lat, used only
-    to say "inside" (a point outside is nearer to some boundary piece than to any interior tile).
+    Only tiles that the zone's boundary crosses get a piece. Tiles wholly inside a large zone (if
+    any) are covered by one extra piece per zone with tile INTERIOR: the zone itself in lon/lat,
+    used only to say "inside" (a point outside is nearer to some boundary piece than to any
+    interior tile).
     This keeps the work proportional to a zone's perimeter, not its area.
     """
     b = shapely.bounds(geoms)
@@ -219,7 +236,8 @@ def _split_by_tile(geoms: npt.NDArray[np.object_]) -> tuple[I64, I64, npt.NDArra
                 zone_idx.append(np.array([z]))
                 tiles.append(np.array([key]))
                 pieces.append(np.array([piece], dtype=object))
-        if g.geom_type in ("Polygon", "MultiPolygon"):
+        wholly_inside = ~crossed & shapely.intersects(g, boxes)
+        if wholly_inside.any():
             zone_idx.append(np.array([z]))
             tiles.append(np.array([INTERIOR]))
             pieces.append(np.array([g], dtype=object))

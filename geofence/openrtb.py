@@ -325,7 +325,9 @@ def _beacons(device: dict[str, Any]) -> tuple[BeaconSighting, ...]:
     raw = _get(ext, "beacons", "device.ext")
     if raw is None:
         return ()
-    if not isinstance(raw, list):
+    # A tuple only arrives in a dict the caller decoded or built; _json_type calls it an array
+    # too, so refusing it would read "is an array, not an array".
+    if not isinstance(raw, (list, tuple)):
         raise InvalidBidRequest(f"device.ext.beacons is {_json_type(raw)}, not an array")
     if len(raw) > MAX_BEACONS:
         raise InvalidBidRequest(

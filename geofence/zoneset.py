@@ -13,6 +13,7 @@ import numpy.typing as npt
 from geofence.beacons import BeaconRegistry, load_beacon_registry
 from geofence.categories import Category
 from geofence.errors import Problem
+from geofence.grid import GridIndex
 from geofence.index import ExactIndex, LocationIndex
 from geofence.policy import Policy
 from geofence.zones import Zone, content_hash, load_zones, zone_files
@@ -36,7 +37,8 @@ class ZoneSet:
     category: npt.NDArray[np.uint8]  # Category.code per zone
     buffer_m: npt.NDArray[np.float64]  # effective buffer per zone (policy, widened per zone)
     lookback_s: npt.NDArray[np.float64]  # per category code
-    index: LocationIndex
+    index: LocationIndex  # the serving index: GridIndex in front of `exact`
+    exact: ExactIndex  # the reference index
     warnings: tuple[Problem, ...] = ()
     beacons: BeaconRegistry | None = None  # zones/beacons.csv, when the folder has one
     positions: Mapping[str, int] = field(default_factory=dict)  # zone id -> index
@@ -76,7 +78,7 @@ class ZoneSet:
             buffer[i] = max(rule, z.buffer_m or 0.0)
         geoms = np.empty(n, dtype=object)
         geoms[:] = [z.geometry for z in zones]
-        index = ExactIndex(
+        exact = ExactIndex(
             geoms,
             radius_m=np.array([z.radius_m for z in zones], dtype=np.float64),
             buffer_m=buffer,
@@ -95,7 +97,8 @@ class ZoneSet:
             category=np.array([z.category.code for z in zones], dtype=np.uint8),
             buffer_m=buffer,
             lookback_s=np.array([policy.rule(c).lookback_s for c in Category], dtype=np.float64),
-            index=index,
+            index=GridIndex(exact, policy.requests.max_accuracy_m),
+            exact=exact,
             warnings=tuple(warns) + (beacons.warnings if beacons else ()),
             beacons=beacons,
             positions={z.id: i for i, z in enumerate(zones)},
@@ -113,9 +116,7 @@ class ZoneSet:
         policy = Policy.load(policy_path) if policy_path else Policy.default()
         zones, warnings = load_zones(files)
         beacon_path = _beside(paths, BEACONS_FILE)
-        beacons = (
-            load_beacon_registry(beacon_path, {z.id for z in zones}) if beacon_path else None
-        )
+        beacons = load_beacon_registry(beacon_path, {z.id for z in zones}) if beacon_path else None
         extra = [policy.fingerprint.encode()]
         version = content_hash(files + ([beacon_path] if beacon_path else []), extra)
         return cls.compile(zones, policy, version, warnings, beacons)

@@ -167,6 +167,17 @@ def test_beacons_without_geo() -> None:
     assert loc.beacons == (BeaconSighting("b", -50.0),)
 
 
+def test_beacons_as_a_tuple_in_a_decoded_dict() -> None:
+    """A caller passing a dict may build arrays as tuples (as for the top level); JSON never does.
+
+    Before the fix the tuple was refused with "device.ext.beacons is an array, not an array".
+    """
+    loc = parse_bid_request(request(ext={"beacons": ({"id": "b", "rssi": -50},)}))
+    assert loc.beacons == (BeaconSighting("b", -50.0),)
+    as_list = parse_bid_request(request(ext={"beacons": [{"id": "b", "rssi": -50}]}))
+    assert loc == as_list
+
+
 def test_duplicate_key_outside_what_is_read_is_ignored() -> None:
     text = '{"id": "a", "imp": [{"id": "1", "id": "2"}], "device": {"geo": {"lat": 1, "lon": 2}}}'
     assert parse_bid_request(text).lat == 1.0

@@ -1,0 +1,659 @@
+"""The accelerated index: most points are decided by a table lookup, the rest by short lists.
+
+The map is cut into fine cells of 1/512 degree (about 217 m of latitude). At compile time every
+fine cell near a zone is classified, in true metres and conservatively:
+
+- INSIDE z: the whole cell lies inside zone z and no other zone's area reaches into it. Every
+  point in it is inside_zone z, whatever its accuracy.
+- NEAR z: the whole cell lies within zone z's buffer, and no zone's own area reaches into it.
+  Every point in it is near_zone. z is a zone whose buffer truly contains the point, but when
+  several buffers cover the cell it is not always the nearest one.
+- CLEAR c: every zone is farther than its reach plus c from the cell, so a point whose
+  accuracy is at most c is allowed.
+- MIXED: anything else. A mixed fine cell is split into 8 x 8 subcells (about 27 m), which are
+  classified the same way.
+
+A CLEAR or MIXED cell also keeps a short list of the zone pieces that could matter to it. A
+point the state cannot settle is measured against that list by a compiled loop. The loop uses
+the same tile frames, tolerances and ranking as `ExactIndex`, and maps lon/lat into the frame
+affinely around the cell centre, adding the measured error of that map to its tolerance. Fine
+cells that are not stored are at least FAR_M beyond every zone's reach. A coarse table of
+1/64-degree cells bounds the clearance farther out. Anything still unsettled goes to
+`ExactIndex`, which remains the reference, and so do temporary zones and zones wider than about
+20 km.
+
+Every shortcut answers like `ExactIndex` or more conservatively. The only difference is the zone
+named in a NEAR cell, as described above. tests/test_grid.py checks this point by point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import numpy.typing as npt
+import shapely
+
+from geofence.geodesy import (
+    FRAME_SLACK_M,
+    FRAME_STRETCH,
+    M_PER_DEG_LAT_MIN,
+    degree_margins,
+)
+from geofence.index import INTERIOR, KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex, Located
+from geofence.kernels import FlatParts, HashTable, find, point_distance
+
+FINE_PER_DEG = 512
+COARSE_PER_DEG = 64
+SUB = 8  # subcells per fine cell side: 1/4096 degree
+SUB_PER_DEG = FINE_PER_DEG * SUB
+FINE_COLS, FINE_ROWS = 360 * FINE_PER_DEG, 180 * FINE_PER_DEG
+SUB_COLS = 360 * SUB_PER_DEG
+COARSE_COLS, COARSE_ROWS = 360 * COARSE_PER_DEG, 180 * COARSE_PER_DEG
+
+FAR_M = 100.0  # stored fine cells reach this far beyond every zone's reach
+EPS_M = 0.01  # floating point at cell borders
+LIST_M = 60.0  # a cell lists the pieces whose clearance from it is below this
+CARRY_M = 60.0  # pieces clearer than this from a split cell only carry their clearance down
+MAX_CELLS_PER_PART = 20_000  # zones wider than ~20 km are left to the exact index
+
+STATE_MIXED, STATE_CLEAR, STATE_NEAR, STATE_INSIDE, STATE_SUB = 0, 1, 2, 3, 4
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+I8 = npt.NDArray[np.int8]
+I32 = npt.NDArray[np.int32]
+B = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Level:
+    """One level of cells: hash table, state per cell, and candidate lists (CSR)."""
+
+    table: HashTable
+    state: I8
+    zone: I32
+    clearance: F64  # CLEAR cells: accuracy up to which a point is allowed
+    # Where no zone's area reaches into the cell: from this accuracy on, every circle in the
+    # cell reaches near_zone's buffer (so the point is near_zone; inf where never).
+    near_acc: F64
+    near_zone: I32
+    list_start: I64  # cell c lists entries list_start[c]:list_start[c+1]
+    list_valid: F64  # the list settles a point whose accuracy is at most this
+    entry_part: I64
+    entry_combo: I64
+    # Per (cell, frame) combination: lon/lat of the cell centre, its frame position, the affine
+    # map's Jacobian, and that map's measured error bound (metres).
+    clon: F64
+    clat: F64
+    cx: F64
+    cy: F64
+    jac: F64  # (n, 4): dx/dlon, dx/dlat, dy/dlon, dy/dlat
+    err: F64
+
+
+class GridIndex:
+    """Tables in front of an ExactIndex; the same answers, or more conservative ones."""
+
+    def __init__(self, exact: ExactIndex, max_accuracy_m: float) -> None:
+        self.exact = exact
+        self.flat = FlatParts.build(exact.part_geom)
+        big = _big_parts(exact)
+        self.forced = _forced_boxes(exact, big, max_accuracy_m)
+        self.fine, self.sub = _build_levels(exact, self.flat, big)
+        self.coarse, self.coarse_clearance = _build_coarse(exact, max_accuracy_m, big)
+        self.far_clearance = FAR_M - 1.0
+
+    def locate(
+        self,
+        lon: F64,
+        lat: F64,
+        accuracy_m: F64,
+        at: F64,
+        presence_center_only: bool = False,
+        need_presence: B | None = None,
+    ) -> Located:
+        n = len(lon)
+        kind = np.empty(n, dtype=np.int8)
+        zone = np.empty(n, dtype=np.int32)
+        todo = np.empty(n, dtype=np.bool_)
+        lon = np.ascontiguousarray(lon, dtype=np.float64)
+        lat = np.ascontiguousarray(lat, dtype=np.float64)
+        acc = np.ascontiguousarray(accuracy_m, dtype=np.float64)
+        ex, f, s, fl = self.exact, self.fine, self.sub, self.flat
+        grid_kernel(
+            lon, lat, acc, self.forced,
+            f.table.keys, f.table.slots, f.table.mask, f.state, f.zone, f.clearance,
+            f.near_acc, f.near_zone,
+            f.list_start, f.list_valid, f.entry_part, f.entry_combo,
+            f.clon, f.clat, f.cx, f.cy, f.jac, f.err,
+            s.table.keys, s.table.slots, s.table.mask, s.state, s.zone, s.clearance,
+            s.near_acc, s.near_zone,
+            s.list_start, s.list_valid, s.entry_part, s.entry_combo,
+            s.clon, s.clat, s.cx, s.cy, s.jac, s.err,
+            self.coarse.keys, self.coarse.slots, self.coarse.mask, self.coarse_clearance,
+            self.far_clearance,
+            ex.part_zone, ex.radius_m, ex.buffer_m,
+            fl.is_point, fl.ring_start, fl.coord_start, fl.xs, fl.ys,
+            kind, zone, todo,
+        )  # fmt: skip
+        if need_presence is not None:
+            # Presence needs every zone the circle reaches: only the exact index lists them all.
+            todo |= need_presence
+        rest = np.flatnonzero(todo)
+        if rest.size == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return Located(kind, zone, empty, empty)
+        sub = ex.locate(lon[rest], lat[rest], acc[rest], at[rest], presence_center_only)
+        kind[rest] = sub.kind
+        zone[rest] = sub.zone
+        return Located(kind, zone, rest[sub.present_point], sub.present_zone)
+
+    def stats(self) -> dict[str, int]:
+        """Cell counts per level and state, for benchmarks and tests."""
+        out: dict[str, int] = {}
+        for name, level in (("fine", self.fine), ("sub", self.sub)):
+            for state, label in enumerate(("mixed", "clear", "near", "inside", "split")):
+                out[f"{name}_{label}"] = int(np.sum(level.state == state))
+            out[f"{name}_list_entries"] = len(level.entry_part)
+        out["coarse"] = len(self.coarse_clearance)
+        out["forced_boxes"] = len(self.forced)
+        return out
+
+
+# --- the lookup kernel -------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, inline="always")
+def _settle(
+    lon: float, lat: float, a: float, slot: np.int64,
+    list_start: I64, list_valid: F64, entry_part: I64, entry_combo: I64,
+    clon: F64, clat: F64, cx: F64, cy: F64, jac: F64, err: F64,
+    part_zone: I64, radius: F64, buffer: F64,
+    is_point: B, ring_start: I64, coord_start: I64, xs: F64, ys: F64,
+) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
+    """(kind, zone, settled) for one point from its cell's list, ranked as ExactIndex ranks."""
+    if not a <= list_valid[slot]:
+        return np.int8(KIND_CLEAR), np.int32(-1), False
+    best_inside = False
+    best_zone = np.int32(-1)
+    best_excess = np.inf
+    for e in range(list_start[slot], list_start[slot + 1]):
+        c = entry_combo[e]
+        p = entry_part[e]
+        dl = lon - clon[c]
+        if dl > 180.0:
+            dl -= 360.0
+        elif dl < -180.0:
+            dl += 360.0
+        dt = lat - clat[c]
+        x = cx[c] + jac[c, 0] * dl + jac[c, 1] * dt
+        y = cy[c] + jac[c, 2] * dl + jac[c, 3] * dt
+        d, _ = point_distance(x, y, p, is_point, ring_start, coord_start, xs, ys)
+        z = part_zone[p]
+        r = radius[z]
+        tol = FRAME_SLACK_M + err[c]
+        inside = d <= r * FRAME_STRETCH + tol
+        limit = r + buffer[z] + a
+        if not (inside or d <= limit * FRAME_STRETCH + tol):
+            continue
+        excess = d - r if inside else d - limit
+        same_rank = inside == best_inside
+        if (inside and not best_inside) or (
+            same_rank and (excess < best_excess or (excess == best_excess and z < best_zone))
+        ):
+            best_inside, best_zone, best_excess = inside, np.int32(z), excess
+    if best_zone < 0:
+        return np.int8(KIND_CLEAR), best_zone, True
+    return (np.int8(KIND_INSIDE) if best_inside else np.int8(KIND_NEAR)), best_zone, True
+
+
+@numba.njit(cache=True, inline="always")
+def _clamp(value: int, low: int, count: int) -> int:
+    """value clamped to [low, low + count - 1]."""
+    if value < low:
+        return low
+    if value > low + count - 1:
+        return low + count - 1
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
+def grid_kernel(
+    lon: F64, lat: F64, acc: F64, forced: F64,
+    f_keys: I64, f_slots: I64, f_mask: np.int64, f_state: I8, f_zone: I32, f_clear: F64,
+    f_nacc: F64, f_nzone: I32, f_ls: I64, f_lv: F64, f_ep: I64, f_ec: I64,
+    f_clon: F64, f_clat: F64, f_cx: F64, f_cy: F64, f_jac: F64, f_err: F64,
+    s_keys: I64, s_slots: I64, s_mask: np.int64, s_state: I8, s_zone: I32, s_clear: F64,
+    s_nacc: F64, s_nzone: I32, s_ls: I64, s_lv: F64, s_ep: I64, s_ec: I64,
+    s_clon: F64, s_clat: F64, s_cx: F64, s_cy: F64, s_jac: F64, s_err: F64,
+    c_keys: I64, c_slots: I64, c_mask: np.int64, c_clear: F64, far_clearance: float,
+    part_zone: I64, radius: F64, buffer: F64,
+    is_point: B, ring_start: I64, coord_start: I64, xs: F64, ys: F64,
+    out_kind: I8, out_zone: I32, out_todo: B,
+) -> None:  # fmt: skip
+    """Decide each point from the tables, or flag it for the exact index."""
+    for i in range(len(lon)):
+        a = acc[i]
+        out_kind[i] = KIND_CLEAR
+        out_zone[i] = -1
+        out_todo[i] = False
+        forced_here = False
+        for k in range(forced.shape[0]):
+            if forced[k, 0] <= lon[i] <= forced[k, 2] and forced[k, 1] <= lat[i] <= forced[k, 3]:
+                forced_here = True
+        if forced_here:
+            out_todo[i] = True
+            continue
+        row = _clamp(np.int64(np.floor((lat[i] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
+        col = np.int64(np.floor((lon[i] + 180.0) * FINE_PER_DEG)) % FINE_COLS
+        slot = find(f_keys, f_slots, f_mask, row * FINE_COLS + col)
+        if slot < 0:
+            if a <= far_clearance:
+                continue
+            crow = row // (FINE_PER_DEG // COARSE_PER_DEG)
+            ccol = col // (FINE_PER_DEG // COARSE_PER_DEG)
+            cslot = find(c_keys, c_slots, c_mask, crow * COARSE_COLS + ccol)
+            if cslot >= 0 and not a <= c_clear[cslot]:
+                out_todo[i] = True
+            continue
+        state = f_state[slot]
+        if state == STATE_SUB:
+            # Clamped into the parent cell, against rounding at its edges.
+            srow = _clamp(np.int64(np.floor((lat[i] + 90.0) * SUB_PER_DEG)), row * SUB, SUB)
+            scol = _clamp(
+                np.int64(np.floor((lon[i] + 180.0) * SUB_PER_DEG)) % SUB_COLS, col * SUB, SUB
+            )
+            slot = find(s_keys, s_slots, s_mask, srow * SUB_COLS + scol)
+            state = s_state[slot]
+            if state >= STATE_NEAR:  # NEAR or INSIDE
+                out_kind[i] = KIND_INSIDE if state == STATE_INSIDE else KIND_NEAR
+                out_zone[i] = s_zone[slot]
+                continue
+            if state == STATE_CLEAR and a <= s_clear[slot]:
+                continue
+            if a >= s_nacc[slot]:
+                out_kind[i] = KIND_NEAR
+                out_zone[i] = s_nzone[slot]
+                continue
+            kind, zone, settled = _settle(
+                lon[i], lat[i], a, slot, s_ls, s_lv, s_ep, s_ec,
+                s_clon, s_clat, s_cx, s_cy, s_jac, s_err, part_zone, radius, buffer,
+                is_point, ring_start, coord_start, xs, ys,
+            )  # fmt: skip
+        else:
+            if state >= STATE_NEAR:  # NEAR or INSIDE
+                out_kind[i] = KIND_INSIDE if state == STATE_INSIDE else KIND_NEAR
+                out_zone[i] = f_zone[slot]
+                continue
+            if state == STATE_CLEAR and a <= f_clear[slot]:
+                continue
+            if a >= f_nacc[slot]:
+                out_kind[i] = KIND_NEAR
+                out_zone[i] = f_nzone[slot]
+                continue
+            kind, zone, settled = _settle(
+                lon[i], lat[i], a, slot, f_ls, f_lv, f_ep, f_ec,
+                f_clon, f_clat, f_cx, f_cy, f_jac, f_err, part_zone, radius, buffer,
+                is_point, ring_start, coord_start, xs, ys,
+            )  # fmt: skip
+        if settled:
+            out_kind[i] = kind
+            out_zone[i] = zone
+        else:
+            out_todo[i] = True
+
+
+@numba.njit(cache=True)
+def _pair_distances(
+    cx: F64, cy: F64, pair_combo: I64, pair_part: I64,
+    is_point: B, ring_start: I64, coord_start: I64, xs: F64, ys: F64,
+) -> tuple[F64, F64]:  # fmt: skip
+    n = len(pair_part)
+    d = np.empty(n)
+    db = np.empty(n)
+    for i in range(n):
+        c = pair_combo[i]
+        d[i], db[i] = point_distance(
+            cx[c], cy[c], pair_part[i], is_point, ring_start, coord_start, xs, ys
+        )
+    return d, db
+
+
+# --- building ----------------------------------------------------------------------------------
+
+
+def _big_parts(ex: ExactIndex) -> B:
+    """Pieces of zones too large for cells, or cut with an interior piece: exact only."""
+    reach = ex.radius_m[ex.part_zone] + ex.buffer_m[ex.part_zone]
+    b = ex.part_bounds
+    dlon, dlat = degree_margins(reach + FAR_M, np.maximum(np.abs(b[:, 1]), np.abs(b[:, 3])))
+    cells = ((b[:, 3] - b[:, 1] + 2 * dlat) * FINE_PER_DEG + 2) * (
+        (b[:, 2] - b[:, 0] + 2 * dlon) * FINE_PER_DEG + 2
+    )
+    big = (ex.part_tile == INTERIOR) | (cells > MAX_CELLS_PER_PART)
+    return np.isin(ex.part_zone, np.unique(ex.part_zone[big]))
+
+
+def _forced_boxes(ex: ExactIndex, big: B, max_accuracy_m: float) -> F64:
+    """Lon/lat boxes around big zones, reach plus the largest accuracy wide: always exact."""
+    b = ex.part_bounds[big]
+    z = ex.part_zone[big]
+    margin = ex.radius_m[z] + ex.buffer_m[z] + max(FAR_M, max_accuracy_m) + 1.0
+    dlon, dlat = degree_margins(margin, np.maximum(np.abs(b[:, 1]), np.abs(b[:, 3])))
+    boxes = np.column_stack([b[:, 0] - dlon, b[:, 1] - dlat, b[:, 2] + dlon, b[:, 3] + dlat])
+    return np.ascontiguousarray(_with_antimeridian_twins(boxes), dtype=np.float64).reshape(-1, 4)
+
+
+def _with_antimeridian_twins(boxes: F64) -> F64:
+    east, west = boxes[:, 2] > 180.0, boxes[:, 0] < -180.0
+    shift = np.array([360.0, 0.0, 360.0, 0.0])
+    return np.concatenate([boxes, boxes[east] - shift, boxes[west] + shift])
+
+
+def _build_levels(ex: ExactIndex, flat: FlatParts, big: B) -> tuple[Level, Level]:
+    """Classify fine cells within reach + FAR_M of every (not big) piece; split mixed ones."""
+    parts = np.flatnonzero(~big)
+    pz = ex.part_zone[parts]
+    reach = ex.radius_m[pz] + ex.buffer_m[pz]
+    b = ex.part_bounds[parts]
+    dlon, dlat = degree_margins(reach + FAR_M, np.maximum(np.abs(b[:, 1]), np.abs(b[:, 3])))
+    r0 = np.clip(np.floor((b[:, 1] - dlat + 90.0) * FINE_PER_DEG), 0, FINE_ROWS - 1)
+    r1 = np.clip(np.floor((b[:, 3] + dlat + 90.0) * FINE_PER_DEG), 0, FINE_ROWS - 1)
+    c0 = np.floor((b[:, 0] - dlon + 180.0) * FINE_PER_DEG)
+    c1 = np.floor((b[:, 2] + dlon + 180.0) * FINE_PER_DEG)
+    box, pair_key = _cells_of_boxes(
+        r0.astype(np.int64),
+        r1.astype(np.int64),
+        c0.astype(np.int64),
+        c1.astype(np.int64),
+        FINE_COLS,
+    )
+    pair_part = parts[box]
+    keys, cell_of_pair = np.unique(pair_key, return_inverse=True)
+    temporary = ~(np.isneginf(ex.valid_from) & np.isposinf(ex.valid_until))
+    timed_pair = temporary[ex.part_zone[pair_part]]
+    fine, clear_pair, fine_frames = _classify(
+        ex,
+        flat,
+        keys,
+        FINE_PER_DEG,
+        FINE_COLS,
+        cell_of_pair,
+        pair_part,
+        timed_pair,
+        np.full(len(keys), FAR_M - 1.0),
+    )
+
+    # Mixed fine cells without temporary zones are split; only pieces that could matter are
+    # measured again, the others carry their clearance down to the subcells.
+    timed_cell = _any_per_cell(cell_of_pair, timed_pair, len(keys))
+    split = np.flatnonzero((fine.state == STATE_MIXED) & ~timed_cell)
+    is_split = np.zeros(len(keys), dtype=bool)
+    is_split[split] = True
+    relevant = is_split[cell_of_pair] & (clear_pair < CARRY_M)
+    carried = np.full(len(keys), FAR_M - 1.0)
+    far = is_split[cell_of_pair] & ~relevant
+    np.minimum.at(carried, cell_of_pair[far], clear_pair[far])
+    n_child = SUB * SUB
+    k = np.arange(n_child)
+    rows, cols = keys[split] // FINE_COLS, keys[split] % FINE_COLS
+    child_keys = (rows[:, None] * SUB + k // SUB) * SUB_COLS + cols[:, None] * SUB + k % SUB
+    j_of_cell = np.full(len(keys), -1, dtype=np.int64)
+    j_of_cell[split] = np.arange(len(split))
+    child_of_pair = (j_of_cell[cell_of_pair[relevant]][:, None] * n_child + k).ravel()
+    sub, _, _ = _classify(
+        ex,
+        flat,
+        child_keys.ravel(),
+        SUB_PER_DEG,
+        SUB_COLS,
+        child_of_pair,
+        np.repeat(pair_part[relevant], n_child),
+        np.zeros(len(child_of_pair), dtype=bool),
+        np.repeat(carried[split], n_child),
+        parent=(fine_frames[0], fine_frames[1], np.repeat(split, n_child)),
+    )
+    fine.state[split] = STATE_SUB
+    return fine, sub
+
+
+def _classify(
+    ex: ExactIndex,
+    flat: FlatParts,
+    keys: I64,
+    per_deg: int,
+    n_cols: int,
+    cell_of_pair: I64,
+    pair_part: I64,
+    timed_pair: B,
+    base_clearance: F64,
+    parent: tuple[I64, _Frames, I64] | None = None,
+) -> tuple[Level, F64, tuple[I64, _Frames]]:
+    """Classify cells from their (cell, zone piece) pairs.
+
+    Returns the level, each pair's clearance, and the frames of its (cell, tile) combinations.
+    `parent` (the parent level's combination keys and frames, and each cell's parent cell)
+    lets subcells reuse their parent's affine maps instead of projecting again.
+    """
+    n_cells = len(keys)
+    step = 1.0 / per_deg
+    lat0 = (keys // n_cols) * step - 90.0
+    lon0 = (keys % n_cols) * step - 180.0
+    # Each cell is measured in the frame of the piece it is paired with: a cell next to a tile
+    # edge may pair with pieces of the neighbouring tile.
+    n_tiles = np.int64(1 << 20)  # tile keys are < 259,200
+    combo, pair_combo = np.unique(
+        cell_of_pair * n_tiles + ex.part_tile[pair_part], return_inverse=True
+    )
+    combo_cell, combo_tile = combo // n_tiles, combo % n_tiles
+    if parent is None:
+        frame = _frames(ex, lon0[combo_cell], lat0[combo_cell], step, combo_tile)
+    else:
+        parent_keys, parent_frame, parent_cell = parent
+        up = np.searchsorted(parent_keys, parent_cell[combo_cell] * n_tiles + combo_tile)
+        frame = _derived_frames(
+            parent_frame,
+            up,
+            lon0[combo_cell],
+            lat0[combo_cell],
+            step,
+            parent_frame_centres=(parent[1].clon[up], parent[1].clat[up]),
+        )
+    d, db = _pair_distances(
+        frame.cx, frame.cy, pair_combo, pair_part,
+        flat.is_point, flat.ring_start, flat.coord_start, flat.xs, flat.ys,
+    )  # fmt: skip
+    # Every point of the cell is within h of its centre (h: the farthest corner, plus the affine
+    # map's error), and distances are 1-Lipschitz: d - h and d + h bound them over the cell.
+    h = frame.half_diag[pair_combo] + frame.err[pair_combo]
+    pz = ex.part_zone[pair_part]
+    r = ex.radius_m[pz]
+    reach = r + ex.buffer_m[pz]
+    lo, hi = d - h, d + h
+    # Clearance: for a <= this, ExactIndex's test (d <= (reach + a) * S + slack) is false.
+    clear_pair = (lo - FRAME_SLACK_M - EPS_M) / FRAME_STRETCH - reach
+    clearance = base_clearance.copy()
+    np.minimum.at(clearance, cell_of_pair, clear_pair)
+    may_inside = lo <= r * FRAME_STRETCH + FRAME_SLACK_M + EPS_M
+    n_may_inside = np.bincount(cell_of_pair, weights=may_inside, minlength=n_cells)
+    within_reach = hi <= reach - EPS_M
+    is_point = flat.is_point[pair_part]
+    inside = np.where(is_point, hi <= r - EPS_M, (d == 0.0) & (db - h >= EPS_M))
+
+    state = np.full(n_cells, STATE_MIXED, dtype=np.int8)
+    zone = np.full(n_cells, -1, dtype=np.int32)
+    state[clearance >= 0.0] = STATE_CLEAR
+    depth = np.where(within_reach, d - reach, np.inf)
+    best = np.full(n_cells, np.inf)
+    np.minimum.at(best, cell_of_pair, depth)
+    near_cells = np.isfinite(best) & (n_may_inside == 0)
+    _assign(zone, cell_of_pair, pz, depth == best[cell_of_pair], near_cells)
+    state[near_cells] = STATE_NEAR
+    inside_cells = _any_per_cell(cell_of_pair, inside, n_cells) & (n_may_inside == 1)
+    _assign(zone, cell_of_pair, pz, inside, inside_cells)
+    state[inside_cells] = STATE_INSIDE
+    timed = _any_per_cell(cell_of_pair, timed_pair, n_cells)
+    state[timed] = STATE_MIXED
+
+    # Large circles: a >= hi - reach (+ tolerance) reaches the zone from anywhere in the cell.
+    acc_needed = np.where(n_may_inside[cell_of_pair] == 0, hi - reach + EPS_M, np.inf)
+    near_acc = np.full(n_cells, np.inf)
+    np.minimum.at(near_acc, cell_of_pair, acc_needed)
+    near_zone = np.full(n_cells, -1, dtype=np.int32)
+    reachable = np.isfinite(near_acc)
+    _assign(near_zone, cell_of_pair, pz, acc_needed == near_acc[cell_of_pair], reachable)
+
+    # Lists, for CLEAR and MIXED cells: pieces within LIST_M. Valid up to the clearance of the
+    # pieces left out; never for cells with temporary zones (time is the exact index's job).
+    listed = (clear_pair < LIST_M) & np.isin(state, (STATE_CLEAR, STATE_MIXED))[cell_of_pair]
+    valid = np.minimum(base_clearance, LIST_M)
+    np.minimum.at(valid, cell_of_pair[~listed], clear_pair[~listed])
+    valid[timed] = -1.0
+    order = np.flatnonzero(listed)[np.argsort(cell_of_pair[listed], kind="stable")]
+    list_start = np.searchsorted(cell_of_pair[order], np.arange(n_cells + 1)).astype(np.int64)
+    used, entry_combo = np.unique(pair_combo[order], return_inverse=True)
+    level = Level(
+        table=HashTable(keys),
+        state=state,
+        zone=zone,
+        clearance=np.where(state == STATE_CLEAR, clearance, -1.0),
+        near_acc=np.where(timed, np.inf, near_acc),
+        near_zone=near_zone,
+        list_start=list_start,
+        list_valid=valid,
+        entry_part=pair_part[order].astype(np.int64),
+        entry_combo=entry_combo.astype(np.int64),
+        clon=frame.clon[used],
+        clat=frame.clat[used],
+        cx=frame.cx[used],
+        cy=frame.cy[used],
+        jac=np.ascontiguousarray(frame.jac[used]),
+        err=frame.err[used],
+    )
+    return level, clear_pair, (combo, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class _Frames:
+    clon: F64
+    clat: F64
+    cx: F64
+    cy: F64
+    jac: F64
+    err: F64
+    half_diag: F64
+
+
+def _derived_frames(
+    parent: _Frames, up: I64, lon0: F64, lat0: F64, step: float,
+    parent_frame_centres: tuple[F64, F64],
+) -> _Frames:  # fmt: skip
+    """Subcell frames from the parent cell's affine map; its error bound covers the subcell."""
+    plon, plat = parent_frame_centres
+    jac = parent.jac[up]
+    clon, clat = lon0 + step / 2, lat0 + step / 2
+    dl, dt = clon - plon, clat - plat
+    cx = parent.cx[up] + jac[:, 0] * dl + jac[:, 1] * dt
+    cy = parent.cy[up] + jac[:, 2] * dl + jac[:, 3] * dt
+    hx = (np.abs(jac[:, 0]) + np.abs(jac[:, 1])) * step / 2
+    hy = (np.abs(jac[:, 2]) + np.abs(jac[:, 3])) * step / 2
+    err = parent.err[up]
+    return _Frames(clon, clat, cx, cy, jac, err, np.hypot(hx, hy))
+
+
+def _frames(ex: ExactIndex, lon0: F64, lat0: F64, step: float, tiles: I64) -> _Frames:
+    """Each cell's centre in a tile frame, an affine map around it, and that map's error."""
+    n = len(lon0)
+    cx, cy, err, half = (np.empty(n) for _ in range(4))
+    jac = np.empty((n, 4))
+    for key in np.unique(tiles):
+        sel = np.flatnonzero(tiles == key)
+        lo, la = lon0[sel], lat0[sel]
+        # centre, then corners SW, SE, NE, NW
+        lons = np.concatenate([lo + step / 2, lo, lo + step, lo + step, lo])
+        lats = np.concatenate([la + step / 2, la, la, la + step, la + step])
+        x, y = ex.frames.forward(int(key), lons, lats)
+        m = len(sel)
+        x, y = x.reshape(5, m), y.reshape(5, m)
+        sw, se, ne, nw = 1, 2, 3, 4
+        jx_lon = ((x[se] + x[ne]) - (x[sw] + x[nw])) / (2 * step)
+        jx_lat = ((x[ne] + x[nw]) - (x[sw] + x[se])) / (2 * step)
+        jy_lon = ((y[se] + y[ne]) - (y[sw] + y[nw])) / (2 * step)
+        jy_lat = ((y[ne] + y[nw]) - (y[sw] + y[se])) / (2 * step)
+        dl = np.array([-1, 1, 1, -1]) * step / 2
+        dt = np.array([-1, -1, 1, 1]) * step / 2
+        px = x[0] + np.outer(dl, jx_lon) + np.outer(dt, jx_lat)
+        py = y[0] + np.outer(dl, jy_lon) + np.outer(dt, jy_lat)
+        # The affine map errs most at the corners (the error is quadratic in the offset); twice
+        # the corner error, plus a millimetre, bounds it over the cell.
+        corner_err = np.hypot(px - x[1:], py - y[1:]).max(axis=0)
+        cx[sel], cy[sel] = x[0], y[0]
+        jac[sel] = np.column_stack([jx_lon, jx_lat, jy_lon, jy_lat])
+        err[sel] = 2.0 * corner_err + 0.001
+        half[sel] = np.hypot(x[1:] - x[0], y[1:] - y[0]).max(axis=0)
+    return _Frames(lon0 + step / 2, lat0 + step / 2, cx, cy, jac, err, half)
+
+
+def _build_coarse(ex: ExactIndex, max_accuracy_m: float, big: B) -> tuple[HashTable, F64]:
+    """Lower bounds of the clearance in coarse cells up to max_accuracy_m from any reach."""
+    parts = np.flatnonzero(~big)
+    if parts.size == 0:
+        return HashTable(np.empty(0, dtype=np.int64)), np.empty(0)
+    b = ex.part_bounds[parts]
+    pz = ex.part_zone[parts]
+    abs_lat = np.maximum(np.abs(b[:, 1]), np.abs(b[:, 3]))
+    dlon, dlat = degree_margins(ex.radius_m[pz] + ex.buffer_m[pz], abs_lat)
+    boxes = np.column_stack([b[:, 0] - dlon, b[:, 1] - dlat, b[:, 2] + dlon, b[:, 3] + dlat])
+    mlon, mlat = degree_margins(np.full(len(b), max_accuracy_m + 1000.0), abs_lat)
+    r0 = np.clip(np.floor((boxes[:, 1] - mlat + 90.0) * COARSE_PER_DEG), 0, COARSE_ROWS - 1)
+    r1 = np.clip(np.floor((boxes[:, 3] + mlat + 90.0) * COARSE_PER_DEG), 0, COARSE_ROWS - 1)
+    c0 = np.floor((boxes[:, 0] - mlon + 180.0) * COARSE_PER_DEG)
+    c1 = np.floor((boxes[:, 2] + mlon + 180.0) * COARSE_PER_DEG)
+    _, key = _cells_of_boxes(
+        r0.astype(np.int64),
+        r1.astype(np.int64),
+        c0.astype(np.int64),
+        c1.astype(np.int64),
+        COARSE_COLS,
+    )
+    keys = np.unique(key)
+    step = 1.0 / COARSE_PER_DEG
+    lat0 = (keys // COARSE_COLS) * step - 90.0
+    lon0 = (keys % COARSE_COLS) * step - 180.0
+    twins = _with_antimeridian_twins(boxes)
+    tree = shapely.STRtree(np.asarray(shapely.box(*twins.T), dtype=object))
+    cells = shapely.box(lon0, lat0, lon0 + step, lat0 + step)
+    _, dist_deg = tree.query_nearest(cells, return_distance=True, all_matches=False)
+    # Euclidean degrees to metres, as a lower bound: the fewest metres per degree anywhere in the
+    # cell (longitude at its poleward edge), less a percent.
+    worst = np.minimum(np.maximum(np.abs(lat0), np.abs(lat0 + step)) + 0.01, 90.0)
+    scale = np.minimum(M_PER_DEG_LAT_MIN, 111_319.0 * np.cos(np.radians(worst))) / 1.01
+    return HashTable(keys), dist_deg * scale - 1.0
+
+
+def _cells_of_boxes(r0: I64, r1: I64, c0: I64, c1: I64, n_cols: int) -> tuple[I64, I64]:
+    """(box index, cell key) for every cell of every box; columns wrap at the antimeridian."""
+    nr, nc = r1 - r0 + 1, c1 - c0 + 1
+    sizes = nr * nc
+    box = np.repeat(np.arange(len(r0)), sizes)
+    offset = np.arange(len(box)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    ncb = nc[box]
+    row = r0[box] + offset // ncb
+    col = (c0[box] + offset % ncb) % n_cols
+    return box, row * n_cols + col
+
+
+def _any_per_cell(cell_of_pair: I64, flag: B, n: int) -> B:
+    out = np.zeros(n, dtype=bool)
+    out[cell_of_pair[flag]] = True
+    return out
+
+
+def _assign(zone: I32, cell_of_pair: I64, pz: I64, chosen: B, cells: B) -> None:
+    """zone[cell] = the lowest zone index among the chosen pairs of each given cell."""
+    pick = chosen & cells[cell_of_pair]
+    best = np.full(len(zone), np.iinfo(np.int64).max)
+    np.minimum.at(best, cell_of_pair[pick], pz[pick])
+    zone[cells] = best[cells].astype(np.int32)

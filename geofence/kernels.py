@@ -1,0 +1,163 @@
+"""Compiled inner loops (numba): a hash table of cells and exact point-to-zone distances.
+
+Why numba: the grid decides a point with a table probe and a few comparisons, and settles the
+rest with a distance to a handful of small polygons. In NumPy, each step is a pass over the whole
+array. Twenty passes cost more than the work, and a per-point candidate loop cannot be
+vectorised at all. The NumPy/shapely `ExactIndex` stays the reference these loops are tested
+against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import numpy.typing as npt
+import shapely
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+EMPTY_KEY = np.int64(-1)
+
+
+# --- a static open-addressing hash table of int64 keys -----------------------------------------
+
+
+class HashTable:
+    """int64 key -> slot (its index in the key array given), probed linearly by numba."""
+
+    def __init__(self, keys: I64) -> None:
+        capacity = 1 << int(np.ceil(np.log2(max(len(keys), 1) * 2 + 1)))
+        self.keys = np.full(capacity, EMPTY_KEY, dtype=np.int64)
+        self.slots = np.full(capacity, -1, dtype=np.int64)
+        _fill(self.keys, self.slots, np.ascontiguousarray(keys, dtype=np.int64))
+        self.mask = np.int64(capacity - 1)
+
+    def lookup(self, keys: I64) -> I64:
+        out = np.empty(len(keys), dtype=np.int64)
+        _lookup_many(self.keys, self.slots, self.mask, np.ascontiguousarray(keys, np.int64), out)
+        return out
+
+
+@numba.njit(cache=True, inline="always")
+def _hash(key: np.int64, mask: np.int64) -> np.int64:
+    # Fibonacci hashing spreads neighbouring cell keys across the table.
+    return ((key * np.int64(-7046029254386353131)) >> np.int64(17)) & mask
+
+
+@numba.njit(cache=True)
+def _fill(table: I64, slots: I64, keys: I64) -> None:
+    mask = np.int64(len(table) - 1)
+    for i in range(len(keys)):
+        h = _hash(keys[i], mask)
+        while table[h] != -1:
+            h = (h + 1) & mask
+        table[h] = keys[i]
+        slots[h] = i
+
+
+@numba.njit(cache=True, inline="always")
+def find(table: I64, slots: I64, mask: np.int64, key: np.int64) -> np.int64:
+    h = _hash(key, mask)
+    while True:
+        k = table[h]
+        if k == key:
+            return slots[h]
+        if k == -1:
+            return np.int64(-1)
+        h = (h + 1) & mask
+
+
+@numba.njit(cache=True)
+def _lookup_many(table: I64, slots: I64, mask: np.int64, keys: I64, out: I64) -> None:
+    for i in range(len(keys)):
+        out[i] = find(table, slots, mask, keys[i])
+
+
+# --- zone pieces as flat coordinate arrays -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FlatParts:
+    """Zone pieces (in their tile frames) as rings of coordinates, for the numba loops.
+
+    Piece p owns rings ring_start[p]:ring_start[p+1]; ring k owns coordinates
+    coord_start[k]:coord_start[k+1] of xs/ys. A Point piece has one ring of one coordinate.
+    """
+
+    is_point: npt.NDArray[np.bool_]
+    ring_start: I64
+    coord_start: I64
+    xs: F64
+    ys: F64
+
+    @classmethod
+    def build(cls, geoms: npt.NDArray[np.object_]) -> FlatParts:
+        n = len(geoms)
+        pieces, owner = shapely.get_parts(geoms, return_index=True)
+        point = shapely.get_type_id(pieces) == 0
+        rings, ring_piece = shapely.get_rings(pieces[~point], return_index=True)
+        ring_owner = np.concatenate([owner[~point][ring_piece], owner[point]])
+        ring_geoms = np.concatenate([rings, pieces[point]])
+        order = np.argsort(ring_owner, kind="stable")
+        ring_owner, ring_geoms = ring_owner[order], ring_geoms[order]
+        coords, coord_ring = shapely.get_coordinates(ring_geoms, return_index=True)
+        ring_start = np.searchsorted(ring_owner, np.arange(n + 1)).astype(np.int64)
+        coord_start = np.searchsorted(coord_ring, np.arange(len(ring_geoms) + 1)).astype(np.int64)
+        is_point = np.zeros(n, dtype=bool)
+        is_point[owner[point]] = True
+        return cls(
+            is_point,
+            ring_start,
+            coord_start,
+            np.ascontiguousarray(coords[:, 0]),
+            np.ascontiguousarray(coords[:, 1]),
+        )
+
+
+@numba.njit(cache=True, inline="always")
+def _segment_distance(px: float, py: float, ax: float, ay: float, bx: float, by: float) -> float:
+    dx, dy = bx - ax, by - ay
+    length2 = dx * dx + dy * dy
+    t = 0.0
+    if length2 > 0.0:
+        t = ((px - ax) * dx + (py - ay) * dy) / length2
+        t = min(max(t, 0.0), 1.0)
+    ex, ey = ax + t * dx - px, ay + t * dy - py
+    return np.sqrt(ex * ex + ey * ey)
+
+
+@numba.njit(cache=True)
+def point_distance(
+    px: float,
+    py: float,
+    p: np.int64,
+    is_point: npt.NDArray[np.bool_],
+    ring_start: I64,
+    coord_start: I64,
+    xs: F64,
+    ys: F64,
+) -> tuple[float, float]:
+    """(distance to piece p, 0 inside; distance to its boundary). Metres in p's frame.
+
+    Inside is decided by the even-odd rule over all of p's rings (holes and multipolygons
+    included); a point on the boundary has boundary distance 0, hence counts as inside.
+    """
+    if is_point[p]:
+        c = coord_start[ring_start[p]]
+        d = np.hypot(px - xs[c], py - ys[c])
+        return d, d
+    inside = False
+    best = np.inf
+    for ring in range(ring_start[p], ring_start[p + 1]):
+        start, end = coord_start[ring], coord_start[ring + 1]
+        for k in range(start, end - 1):
+            ax, ay, bx, by = xs[k], ys[k], xs[k + 1], ys[k + 1]
+            if (ay > py) != (by > py):
+                cross_x = ax + (py - ay) * (bx - ax) / (by - ay)
+                if px < cross_x:
+                    inside = not inside
+            best = min(best, _segment_distance(px, py, ax, ay, bx, by))
+    return (0.0 if inside else best), best

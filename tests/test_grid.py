@@ -1,0 +1,195 @@
+"""The accelerated grid against the exact index, point by point, where mistakes would hide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pyogrio
+import pyproj
+import pytest
+import shapely
+from conftest import BUNDLED_ZONES
+
+from geofence.categories import Category
+from geofence.geodesy import FRAME_SLACK_M, FRAME_STRETCH
+from geofence.grid import GridIndex
+from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
+from geofence.policy import load_policy_text
+from geofence.zones import Zone
+from geofence.zoneset import ZoneSet
+
+ACCURACIES = np.array([0.0, 5.0, 20.0, 50.0, 150.0])
+
+
+def band_points(
+    zs: ZoneSet, rng: np.random.Generator, per_zone: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points at reach + accuracy +/- 0.5 m, and at the zone outline +/- 0.5 m, of every zone."""
+    lons, lats, accs = [], [], []
+    for i, z in enumerate(zs.zones):
+        c = z.geometry.centroid
+        crs = pyproj.CRS.from_proj4(f"+proj=aeqd +lat_0={c.y} +lon_0={c.x} +ellps=WGS84")
+        fwd = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+        inv = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        local = shapely.transform(
+            shapely.segmentize(z.geometry, 0.0002),
+            lambda xy, t=fwd: np.column_stack(t.transform(xy[:, 0], xy[:, 1])),
+        )
+        acc = rng.choice(ACCURACIES, per_zone)
+        target = np.where(
+            rng.random(per_zone) < 0.8, z.radius_m + zs.buffer_m[i] + acc, z.radius_m
+        ) + rng.choice([-0.5, 0.5], per_zone)
+        for a, dist in zip(acc, target, strict=True):
+            ring = local.buffer(max(dist, 0.05), quad_segs=8).boundary
+            x, y = shapely.line_interpolate_point(ring, rng.random(), normalized=True).coords[0]
+            lo, la = inv.transform(x, y)
+            lons.append(lo)
+            lats.append(la)
+            accs.append(a)
+    return np.array(lons), np.array(lats), np.array(accs)
+
+
+def assert_grid_matches_exact(
+    grid: GridIndex, exact: ExactIndex, lon: np.ndarray, lat: np.ndarray, acc: np.ndarray
+) -> dict[str, int]:
+    n = len(lon)
+    at = np.zeros(n)
+    fast = grid.locate(lon, lat, acc, at)
+    ref = exact.locate(lon, lat, acc, at)
+    false_allow = (fast.kind == KIND_CLEAR) & (ref.kind != KIND_CLEAR)
+    assert not false_allow.any(), f"{false_allow.sum()} points allowed by the grid only"
+    # Where the grid is stricter, it must be by at most 1 m: 1 m less accuracy clears the point.
+    stricter = np.flatnonzero((fast.kind != KIND_CLEAR) & (ref.kind == KIND_CLEAR))
+    if stricter.size:
+        again = exact.locate(lon[stricter], lat[stricter], acc[stricter] + 1.0, at[stricter])
+        assert np.all(again.kind != KIND_CLEAR), "grid stricter than exact by more than 1 m"
+    both = (fast.kind != KIND_CLEAR) & (ref.kind != KIND_CLEAR)
+    # Inside is inside, of the same zone; near stays near, though it may name another zone. The
+    # one exception: within the affine map's error (centimetres) of a zone's outline, the grid
+    # may call inside what the exact index calls near, or the reverse; both reject.
+    swapped = np.flatnonzero(both & ((fast.kind == KIND_INSIDE) != (ref.kind == KIND_INSIDE)))
+    if swapped.size:
+        z = np.where(fast.kind[swapped] == KIND_INSIDE, fast.zone[swapped], ref.zone[swapped])
+        parts = np.array([np.flatnonzero(exact.part_zone == zz)[0] for zz in z])
+        d = exact.distances(lon, lat, swapped, parts) - exact.radius_m[z]
+        assert np.all(np.abs(d) <= 0.1), "inside/near differ farther than 10 cm from an outline"
+    same_inside = both & (ref.kind == KIND_INSIDE) & (fast.kind == KIND_INSIDE)
+    assert np.array_equal(fast.zone[same_inside], ref.zone[same_inside])
+    other = np.flatnonzero(both & (ref.kind == KIND_NEAR) & (fast.zone != ref.zone))
+    if other.size:
+        # The zone the grid names must itself be within reach of the point.
+        parts = np.flatnonzero(np.isin(exact.part_zone, fast.zone[other]))
+        pts, prt = np.repeat(other, len(parts)), np.tile(parts, len(other))
+        keep = exact.part_zone[prt] == fast.zone[pts]
+        pts, prt = pts[keep], prt[keep]
+        d = exact.distances(lon, lat, pts, prt)
+        z = exact.part_zone[prt]
+        limit = exact.radius_m[z] + exact.buffer_m[z] + acc[pts]
+        ok = np.zeros(n, dtype=bool)
+        ok[pts[d <= limit * FRAME_STRETCH + FRAME_SLACK_M]] = True
+        assert ok[other].all(), "the grid named a zone whose buffer does not reach the point"
+    return {
+        "points": n,
+        "stricter": int(stricter.size),
+        "other_zone": int(other.size),
+        "inside_near_swapped": int(swapped.size),
+    }
+
+
+@pytest.fixture(scope="module")
+def bundled() -> ZoneSet:
+    return ZoneSet.from_paths(BUNDLED_ZONES)
+
+
+def test_grid_equals_exact_in_the_boundary_band(bundled: ZoneSet) -> None:
+    """100k points at buffer +/- 0.5 m (and outline +/- 0.5 m) around 675 real zones."""
+    rng = np.random.default_rng(42)
+    lon, lat, acc = band_points(bundled, rng, per_zone=150)
+    assert len(lon) >= 100_000
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+    report = assert_grid_matches_exact(grid, bundled.exact, lon, lat, acc)
+    assert report["stricter"] < 0.01 * report["points"]
+
+
+def test_grid_equals_exact_on_uniform_points(bundled: ZoneSet) -> None:
+    rng = np.random.default_rng(9)
+    n = 100_000
+    lat = np.concatenate([rng.uniform(51.48, 51.535, n // 2), rng.uniform(3.11, 3.18, n // 2)])
+    lon = np.concatenate([rng.uniform(-0.21, -0.06, n // 2), rng.uniform(101.64, 101.73, n // 2)])
+    acc = rng.choice(np.array([0.0, 5.0, 20.0, 100.0, 1000.0, 5000.0]), n)
+    assert isinstance(bundled.index, GridIndex)
+    assert_grid_matches_exact(bundled.index, bundled.exact, lon, lat, acc)
+
+
+def test_most_points_never_reach_the_exact_index(
+    bundled: ZoneSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The design claim, as a count: ordinary accuracies are settled by the tables and lists."""
+    rng = np.random.default_rng(1)
+    n = 50_000
+    lat = rng.uniform(51.48, 51.535, n)
+    lon = rng.uniform(-0.21, -0.06, n)
+    seen: list[int] = []
+    original = bundled.exact.locate
+
+    def counting(lo: npt.NDArray[np.float64], *a: object, **k: object):  # type: ignore[no-untyped-def]
+        seen.append(len(lo))
+        return original(lo, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bundled.exact, "locate", counting)
+    bundled.index.locate(lon, lat, np.full(n, 20.0), np.zeros(n))
+    assert sum(seen) < 0.01 * n
+
+
+def _zone_set(zones: list[Zone], buffer_m: float) -> ZoneSet:
+    policy = load_policy_text(
+        f'pack = "none"\n[defaults]\nbuffer_m = {buffer_m}\nlookback_days = 30\n', "<t>"
+    )
+    return ZoneSet.compile(zones, policy, "t")
+
+
+def test_special_zones_go_exact() -> None:
+    """Temporary zones, zones across tile edges and huge zones keep exact answers."""
+    zones = [
+        Zone(
+            "rally",
+            "",
+            Category.ASSEMBLY,
+            shapely.box(2.0, 48.0, 2.001, 48.001),
+            valid_from=100.0,
+            valid_until=200.0,
+        ),
+        Zone("edge", "", Category.COURT, shapely.box(2.4995, 48.4995, 2.5005, 48.5005)),
+        Zone("base", "", Category.MILITARY, shapely.box(3.0, 47.0, 3.6, 47.4)),
+        Zone("dot", "", Category.CLINIC, shapely.Point(2.2, 48.2), radius_m=40.0),
+    ]
+    zs = _zone_set(zones, 300.0)
+    rng = np.random.default_rng(3)
+    n = 40_000
+    lon = rng.uniform(1.99, 3.7, n)
+    lat = rng.uniform(46.9, 48.6, n)
+    acc = rng.choice(ACCURACIES, n)
+    assert isinstance(zs.index, GridIndex)
+    for at in (150.0, 250.0):
+        fast = zs.index.locate(lon, lat, acc, np.full(n, at))
+        ref = zs.exact.locate(lon, lat, acc, np.full(n, at))
+        assert np.array_equal(fast.kind, ref.kind)
+    assert zs.index.stats()["forced_boxes"] >= 1  # the 45 km base is left to the exact index
+
+
+@pytest.mark.extended
+@pytest.mark.shared
+def test_grid_equals_exact_a_million_band_points(shared_data: Path) -> None:
+    """Extended profile (-m extended): 1M points around the London places of worship."""
+    shp = shared_data / "zones" / "london_osm_pofw_a" / "gis_osm_pofw_a_free_1.shp"
+    geoms = pyogrio.read_dataframe(shp).geometry.values
+    zones = [Zone(f"z{i}", "", Category.PLACE_OF_WORSHIP, g) for i, g in enumerate(geoms)]
+    zs = _zone_set(zones, 150.0)
+    lon, lat, acc = band_points(zs, np.random.default_rng(5), per_zone=470)
+    assert len(lon) >= 1_000_000
+    assert isinstance(zs.index, GridIndex)
+    assert_grid_matches_exact(zs.index, zs.exact, lon, lat, acc)
+

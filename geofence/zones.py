@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import struct
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -84,13 +85,20 @@ def content_hash(files: Sequence[Path], extra: Iterable[bytes] = ()) -> str:
     return h.hexdigest()[:16]
 
 
-def read_zones(paths: Iterable[str | Path]) -> tuple[list[Zone], list[Problem]]:
-    """Read and check every zone file; return the good zones and every problem (never raises)."""
+def read_zones(
+    paths: Iterable[str | Path], *, progress: Callable[[Path], None] | None = None
+) -> tuple[list[Zone], list[Problem]]:
+    """Read and check every zone file; return the good zones and every problem (never raises).
+
+    `progress`, when given, is called with each file's path just after it has been read.
+    """
     zones: list[Zone] = []
     problems: list[Problem] = []
     seen: dict[str, tuple[str, int]] = {}
     for f in zone_files(paths):
         file_zones, file_problems = read_zone_file(f)
+        if progress is not None:
+            progress(f)
         problems += file_problems
         # Every feature with an id claims it, including features rejected for another defect,
         # so a duplicate is reported now rather than after the first defect is fixed.
@@ -122,9 +130,11 @@ def read_zones(paths: Iterable[str | Path]) -> tuple[list[Zone], list[Problem]]:
     return zones, problems
 
 
-def load_zones(paths: Iterable[str | Path]) -> tuple[list[Zone], list[Problem]]:
+def load_zones(
+    paths: Iterable[str | Path], *, progress: Callable[[Path], None] | None = None
+) -> tuple[list[Zone], list[Problem]]:
     """Read every zone file; raise ZoneFileError listing every error. Returns zones and warnings."""
-    zones, problems = read_zones(paths)
+    zones, problems = read_zones(paths, progress=progress)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ZoneFileError(errors)
@@ -156,20 +166,152 @@ def _read_gis(path: Path) -> tuple[list[tuple[Zone, int]], list[Problem]]:
     except Exception as exc:
         return [], [Problem(name, f"cannot be read as a GIS file: {exc}")]
     for layer in layers:
+        unreadable: dict[int, str] = {}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 df = pyogrio.read_dataframe(path, layer=layer, datetime_as_string=True)
+        except shapely.errors.GEOSException:
+            # Some feature's geometry cannot be built (an unclosed ring, a ring of two points):
+            # read the layer again, find those features and say what is wrong with each.
+            try:
+                df, unreadable = _read_layer_per_feature(path, layer)
+            except Exception as exc:
+                problems.append(Problem(name, f"layer {layer!r} cannot be read: {exc}"))
+                continue
         except Exception as exc:
             problems.append(Problem(name, f"layer {layer!r} cannot be read: {exc}"))
             continue
         label = name if len(layers) == 1 else f"{name}:{layer}"
         records = df.drop(columns="geometry").to_dict("records")
         geoms = np.asarray(df.geometry.values, dtype=object)
-        zones, layer_problems = _check_features(label, records, geoms, df.crs)
+        zones, layer_problems = _check_features(label, records, geoms, df.crs, unreadable)
         out += zones
         problems += layer_problems
     return out, problems
+
+
+def _read_layer_per_feature(path: Path, layer: str) -> tuple[Any, dict[int, str]]:
+    """Read a layer whose WKB shapely refuses: (frame, {feature index: what is wrong})."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = pyogrio.read_dataframe(path, layer=layer, datetime_as_string=True, on_invalid="ignore")
+        _, _, wkbs, _ = pyogrio.raw.read(path, layer=layer, columns=[])
+    unreadable: dict[int, str] = {}
+    for i, (geom, wkb) in enumerate(zip(df.geometry.values, wkbs, strict=True)):
+        if geom is None and wkb is not None:
+            unreadable[i] = wkb_ring_defect(bytes(wkb)) or "geometry cannot be read (bad WKB)"
+    return df, unreadable
+
+
+RING_HINT = (
+    "a ring lists at least 3 distinct corners and repeats its first position at the end; "
+    "`geofence validate --fix` closes open rings and drops degenerate ones"
+)
+
+
+def ring_defect(coords: Sequence[Sequence[float]], ring: int, part: int | None) -> str | None:
+    """What is wrong with one polygon ring given as positions, or None.
+
+    The text is the same whether it comes from WKB (any GIS file) or from a GeoJSON file's raw
+    coordinates (`geofence validate`), so the two never disagree about a ring.
+    """
+    where = f"ring {ring}" if part is None else f"polygon {part} ring {ring}"
+    where += " (outer)" if ring == 0 else " (hole)"
+    n = len(coords)
+    if n == 0:
+        return None
+    if n < 4:
+        return (
+            f"too-short {where}: {n} position(s); a ring needs at least 4 (3 corners and the "
+            "first repeated at the end)"
+        )
+    first, last = tuple(coords[0][:2]), tuple(coords[-1][:2])
+    if first != last:
+        return (
+            f"unclosed {where}: starts at ({_fmt(first[0])}, {_fmt(first[1])}) and ends at "
+            f"({_fmt(last[0])}, {_fmt(last[1])})"
+        )
+    return None
+
+
+def _fmt(v: float) -> str:
+    return repr(round(float(v), 9))
+
+
+def geometry_ring_defect(geom: BaseGeometry) -> str | None:
+    """The first too-short or unclosed ring of a shapely (Multi)Polygon, or None."""
+    parts: list[Any]
+    if geom.geom_type == "Polygon":
+        parts, multi = [geom], False
+    elif geom.geom_type == "MultiPolygon":
+        parts, multi = list(getattr(geom, "geoms", [])), True
+    else:
+        return None
+    for k, poly in enumerate(parts):
+        rings = [poly.exterior, *poly.interiors]
+        for r, ring in enumerate(rings):
+            defect = ring_defect(list(ring.coords), r, k if multi else None)
+            if defect:
+                return defect
+    return None
+
+
+def wkb_ring_defect(wkb: bytes) -> str | None:
+    """The first unclosed or too-short ring in a WKB Polygon/MultiPolygon, or None.
+
+    Reads ISO and EWKB headers (Z, M, SRID) without building geometry, so it works on rings that
+    shapely refuses to construct.
+    """
+    try:
+        defects, _ = _wkb_polygonal(wkb, 0, None)
+    except (struct.error, ValueError):
+        return None
+    return defects[0] if defects else None
+
+
+def _wkb_header(wkb: bytes, pos: int) -> tuple[str, int, int, int]:
+    order = "<" if wkb[pos] == 1 else ">"
+    (code,) = struct.unpack_from(order + "I", wkb, pos + 1)
+    pos += 5
+    dims = 2
+    if code & 0x80000000:
+        dims += 1
+    if code & 0x40000000:
+        dims += 1
+    if code & 0x20000000:
+        pos += 4  # SRID
+    code &= 0x0FFFFFFF
+    if code >= 1000:
+        dims = 2 + {1: 1, 2: 1, 3: 2}.get(code // 1000, 0)
+        code %= 1000
+    return order, code, dims, pos
+
+
+def _wkb_polygonal(wkb: bytes, pos: int, part: int | None) -> tuple[list[str], int]:
+    order, code, dims, pos = _wkb_header(wkb, pos)
+    defects: list[str] = []
+    if code == 3:
+        (nrings,) = struct.unpack_from(order + "I", wkb, pos)
+        pos += 4
+        for r in range(nrings):
+            (npts,) = struct.unpack_from(order + "I", wkb, pos)
+            pos += 4
+            flat = struct.unpack_from(order + "d" * (npts * dims), wkb, pos)
+            pos += 8 * npts * dims
+            coords = [flat[k * dims : k * dims + 2] for k in range(npts)]
+            defect = ring_defect(coords, r, part)
+            if defect:
+                defects.append(defect)
+        return defects, pos
+    if code == 6:
+        (nparts,) = struct.unpack_from(order + "I", wkb, pos)
+        pos += 4
+        for k in range(nparts):
+            more, pos = _wkb_polygonal(wkb, pos, k)
+            defects += more
+        return defects, pos
+    raise ValueError("not polygonal")
 
 
 def _check_features(
@@ -177,6 +319,7 @@ def _check_features(
     records: list[dict[str, Any]],
     geoms: np.ndarray,
     crs: Any,
+    unreadable: Mapping[int, str] | None = None,
 ) -> tuple[list[tuple[Zone, int]], list[Problem]]:
     problems: list[Problem] = []
     n = len(records)
@@ -238,7 +381,9 @@ def _check_features(
                 )
             )
         category = _category(rec.get("category"), label, index, zid, problems)
-        if not present[i] or empty[i]:
+        if unreadable and i in unreadable:
+            problems.append(Problem(label, unreadable[i], index, zid, hint=RING_HINT))
+        elif not present[i] or empty[i]:
             problems.append(Problem(label, "empty geometry", index, zid))
         else:
             type_name = geom_arr[i].geom_type
@@ -258,6 +403,8 @@ def _check_features(
                 )
             elif geographic and not _in_range(bounds[i]):
                 problems.append(_range_problem(label, index, zid, bounds[i]))
+            elif not valid[i] and (defect := geometry_ring_defect(geom_arr[i])) is not None:
+                problems.append(Problem(label, defect, index, zid, hint=RING_HINT))
             elif not valid[i]:
                 reason = shapely.is_valid_reason(geom_arr[i])
                 problems.append(

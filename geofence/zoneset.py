@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,12 +109,17 @@ class ZoneSet:
         return self.positions.get(zone_id, -1)
 
     @classmethod
-    def from_paths(cls, *paths: str | Path) -> ZoneSet:
-        """Load zone files and the folder's policy.toml; raise ZoneFileError/PolicyError."""
+    def from_paths(
+        cls, *paths: str | Path, progress: Callable[[Path], None] | None = None
+    ) -> ZoneSet:
+        """Load zone files and the folder's policy.toml; raise ZoneFileError/PolicyError.
+
+        `progress`, if given, is called with each zone file once it has been read.
+        """
         files = zone_files(paths)
         policy_path = _policy_path(paths)
         policy = Policy.load(policy_path) if policy_path else Policy.default()
-        zones, warnings = load_zones(files)
+        zones, warnings = load_zones(files, progress=progress)
         beacon_path = _beside(paths, BEACONS_FILE)
         beacons = load_beacon_registry(beacon_path, {z.id for z in zones}) if beacon_path else None
         extra = [policy.fingerprint.encode()]

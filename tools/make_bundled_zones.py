@@ -32,23 +32,25 @@ import csv
 import io
 import json
 import math
-import re
 import sys
-import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import pyogrio
 import shapely
 from pyproj import Transformer
 from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.geometry.polygon import orient
+
+from geofence.osm import SKIP, gdal_config, load_mapping
+from geofence.osm import parse_other_tags as osm_parse_other_tags
+from geofence.osm import read_osm_layer as osm_read_layer
+from geofence.osm import tag_columns as osm_tag_columns
+from geofence.osm import tags_of as osm_tags_of
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -121,65 +123,22 @@ FIXED_DATE = "2024-01-01T00:00:00Z"  # written into the GeoPackage and the .dbf 
 # OSM tags -> category
 # =================================================================================================
 
-_HSTORE = re.compile(r'"((?:[^"\\]|\\.)*)"=>"((?:[^"\\]|\\.)*)"')
-
-
-def parse_other_tags(text: object) -> dict[str, str]:
-    """Parse GDAL's OSM `other_tags` (hstore text: "k"=>"v","k2"=>"v2") into a dict."""
-    if not isinstance(text, str) or not text:
-        return {}
-    unescape = lambda s: s.replace('\\"', '"').replace("\\\\", "\\")  # noqa: E731
-    return {unescape(k): unescape(v) for k, v in _HSTORE.findall(text)}
-
-
-def tags_of(row: Mapping[str, Any], tag_columns: Iterable[str]) -> dict[str, str]:
-    """All tags of one OSM feature: the driver's own columns plus `other_tags`."""
-    tags = parse_other_tags(row.get("other_tags"))
-    for col in tag_columns:
-        value = row.get(col)
-        if isinstance(value, str) and value:
-            tags[col] = value
-    return tags
-
+# The one mapping table lives in geofence/osm_categories.toml (shared with `geofence
+# import-osm`); these names are kept so the builders below read as before.
+MAPPING = load_mapping()
+tags_of = osm_tags_of
+parse_other_tags = osm_parse_other_tags
 
 HEALTH = {"hospital", "clinic", "reproductive_health", "mental_health", "addiction_treatment"}
-SCHOOL_AMENITIES = {"school", "kindergarten", "childcare", "preschool"}
-NOT_SENSITIVE_HEALTHCARE = {"pharmacy"}  # a pharmacy is a shop, not a place of care
 
 
 def categorize(tags: Mapping[str, str]) -> str | None:
     """The zone category of an OSM feature, or None if it is not a sensitive place.
 
-    amenity=hospital (or healthcare=hospital) -> hospital; amenity=clinic|doctors|dentist or any
-    other healthcare=* -> clinic (pharmacies are skipped); amenity=place_of_worship ->
-    place_of_worship; amenity=courthouse -> court; amenity=prison -> correctional;
-    amenity=school|kindergarten|childcare|preschool -> school_childcare; social_facility=shelter
-    -> shelter; landuse=military -> military. The first rule that matches wins, in that order.
-    (amenity=shelter is a weather shelter, not a social shelter, and is not mapped.)
+    The first rule of geofence/osm_categories.toml that matches wins; see that file.
     """
-    amenity = tags.get("amenity", "")
-    healthcare = tags.get("healthcare", "")
-    if amenity == "pharmacy":
-        return None
-    if amenity == "hospital" or healthcare == "hospital":
-        return "hospital"
-    if amenity in {"clinic", "doctors", "dentist"}:
-        return "clinic"
-    if healthcare and healthcare not in NOT_SENSITIVE_HEALTHCARE and healthcare != "no":
-        return "clinic"
-    if amenity == "place_of_worship":
-        return "place_of_worship"
-    if amenity == "courthouse":
-        return "court"
-    if amenity == "prison":
-        return "correctional"
-    if amenity in SCHOOL_AMENITIES:
-        return "school_childcare"
-    if tags.get("social_facility") == "shelter":
-        return "shelter"
-    if tags.get("landuse") == "military":
-        return "military"
-    return None
+    category = MAPPING.categorize(tags)
+    return category.value if category is not None else None
 
 
 # =================================================================================================
@@ -361,30 +320,13 @@ def build_kuala_lumpur(data: Path, out: Path) -> Report:
     return rep
 
 
-@contextmanager
-def gdal_config(options: dict[str, str]) -> Iterator[None]:
-    """Set GDAL config options for the duration of a block."""
-    previous = {k: pyogrio.get_gdal_config_option(k) for k in options}
-    pyogrio.set_gdal_config_options(options)
-    try:
-        yield
-    finally:
-        pyogrio.set_gdal_config_options(previous)
-
-
 def read_osm_layer(path: Path, layer: str) -> gpd.GeoDataFrame:
     """One layer of an OSM extract; unusable WKB (e.g. rings of 2 points) comes back as None."""
-    with warnings.catch_warnings():
-        # GDAL warns about unclosed rings and odd multipolygons at the edge of an extract; those
-        # features come back invalid or null and are counted as skipped.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        with gdal_config({"OGR_GEOMETRY_ACCEPT_UNCLOSED_RING": "NO"}):
-            return pyogrio.read_dataframe(path, layer=layer, on_invalid="ignore")
+    return osm_read_layer(path, layer)
 
 
 def tag_columns(df: gpd.GeoDataFrame) -> list[str]:
-    skip = {"geometry", "other_tags", "osm_id", "osm_way_id", "name"}
-    return [c for c in df.columns if c not in skip]
+    return osm_tag_columns(df.columns)
 
 
 def build_helsinki(data: Path, out: Path) -> Report:
@@ -581,6 +523,10 @@ def sources_md(reports: dict[str, Report], data: Path) -> str:
         f" places\n  are nodes, in `{POINTS_OUT}`); the file has the extract's other sensitive"
         " areas."
     )
+    mapping_rows = "\n".join(
+        f"| {n} | `{tags.replace('|', ', ')}` | {'skipped' if cat == SKIP else cat} |"
+        for n, (tags, cat, _) in enumerate(MAPPING.table(), start=1)
+    )
     pbf_rows = "\n".join(
         f"| `{PBF_DIR}/{fn}` | {name} | {up} |" for fn, (name, up) in sorted(PBF_EXTRACTS.items())
     )
@@ -671,19 +617,12 @@ circles: columns `{",".join(CSV_COLUMNS)}`, WGS84.
 
 ### Tag mapping (areas and nodes)
 
-The first rule that matches wins:
+The table is `geofence/osm_categories.toml` (shared with `geofence import-osm`); the first rule
+that matches wins:
 
-| OSM tags | category |
-|---|---|
-| `amenity=pharmacy` (also `healthcare=pharmacy`) | skipped: not sensitive |
-| `amenity=hospital` or `healthcare=hospital` | hospital |
-| `amenity=clinic`, `doctors`, `dentist`, or any other `healthcare=*` | clinic |
-| `amenity=place_of_worship` | place_of_worship |
-| `amenity=courthouse` | court |
-| `amenity=prison` | correctional |
-| `amenity=school`, `kindergarten`, `childcare`, `preschool` | school_childcare |
-| `social_facility=shelter` | shelter |
-| `landuse=military` | military |
+| # | OSM tags | category |
+|---|---|---|
+{mapping_rows}
 
 `amenity=shelter` (a weather shelter) and buildings tagged only `building=church` etc. are not
 mapped. Tags are taken as they are, without corrections by name (a node named like a pharmacy

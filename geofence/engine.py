@@ -115,12 +115,80 @@ class Engine:
         """Decide one location-triggered request. Never raises."""
         zs = self._zs
         try:
+            fast = self._single(zs, lat, lon, accuracy_m, device_id, at, source)
+            if fast is not None:
+                return fast
             return self._batch(
                 zs, [lat], [lon], [accuracy_m], [device_id], [at], [source], record=True
             ).decision(0)
         except Exception:
             log.exception("internal error in check_location")
             return Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+
+    def _single(
+        self, zs: ZoneSet, lat: Any, lon: Any, accuracy_m: Any, device_id: Any, at: Any,
+        source: Any,
+    ) -> Decision | None:  # fmt: skip
+        """The common case of check_location without NumPy coercion.
+
+        Plain numbers, in range, and a GPS-like source; returns None for anything else (the
+        batch path then decides it, malformed input included), and for rejections that carry
+        a device id, whose presence the batch path records.
+        """
+        if type(lat) not in _NUMBER or type(lon) not in _NUMBER:
+            return None
+        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+            return None
+        rules = zs.policy.requests
+        if source not in _PLAIN_SOURCES:
+            return None
+        if accuracy_m is None:
+            if rules.missing_accuracy_m is None:
+                return None
+            acc = rules.missing_accuracy_m
+        elif type(accuracy_m) in _NUMBER and 0.0 <= accuracy_m <= rules.max_accuracy_m:
+            acc = float(accuracy_m)
+        else:
+            return None
+        if at is None:
+            when = time.time()
+        elif type(at) in _NUMBER and math.isfinite(at):
+            when = float(at)
+        else:
+            return None
+        if device_id is None:
+            if rules.no_device_id == "reject":
+                return None
+        elif type(device_id) is not str or not device_id.strip() or len(device_id) > 256:
+            return None
+        loc = zs.index.locate(
+            np.array([float(lon)]), np.array([float(lat)]), np.array([acc]), np.array([when])
+        )
+        if loc.kind[0] != KIND_CLEAR:
+            if device_id is not None:
+                return None
+            z = int(loc.zone[0])
+            reason = Reason.INSIDE_ZONE if loc.kind[0] == KIND_INSIDE else Reason.NEAR_ZONE
+            return Decision(
+                False, reason, zs.version, zs.ids[z], Category.from_code(int(zs.category[z]))
+            )
+        if device_id is not None:
+            # Clear of every zone by more than the accuracy: no presence to record, only history.
+            try:
+                history = self._store.latest(self._hasher.key(device_id))
+            except PresenceUnavailable:
+                log.warning("presence store unavailable: failing closed for 1 request")
+                return Decision(False, Reason.STATE_UNAVAILABLE, zs.version)
+            end, cat = _block_end(history, zs.lookback_s)
+            if when < end:
+                return Decision(
+                    False,
+                    Reason.RECENTLY_INSIDE,
+                    zs.version,
+                    category=Category.from_code(cat),
+                    until=end,
+                )
+        return _ALLOWED.get(zs.version) or _allowed(zs.version)
 
     def observe(
         self,
@@ -564,6 +632,20 @@ class Engine:
                 log.warning(
                     "presence store unavailable: %d presence records not written", len(pres_req)
                 )
+
+
+_NUMBER = (float, int, np.float64)
+_PLAIN_SOURCES = (None, "gps", "user", "unknown")
+_ALLOWED: dict[str, Decision] = {}
+
+
+def _allowed(version: str) -> Decision:
+    """The (immutable) allowed decision of a zone-set version, made once."""
+    decision = Decision(True, Reason.ALLOWED, version)
+    if len(_ALLOWED) > 64:
+        _ALLOWED.clear()
+    _ALLOWED[version] = decision
+    return decision
 
 
 def _block_end(history: dict[int, float], lookback_s: F64) -> tuple[float, int]:

@@ -92,6 +92,26 @@ class Level:
     jac: F64  # (n, 4): dx/dlon, dx/dlat, dy/dlon, dy/dlat
     err: F64
 
+    def packed(self) -> tuple[I64, I64, F64, I64, F64]:
+        """The level as the kernel takes it: table (2, cap); per cell ints (state, zone,
+        near_zone, list begin, list end) and floats (clearance, near_acc, list_valid); entries
+        (part, combo); combos (clon, clat, cx, cy, jacobian x4, err).
+        """
+        table = np.stack([self.table.keys, self.table.slots])
+        ints = np.column_stack(
+            [self.state, self.zone, self.near_zone, self.list_start[:-1], self.list_start[1:]]
+        ).astype(np.int64)
+        floats = np.column_stack([self.clearance, self.near_acc, self.list_valid])
+        entries = np.column_stack([self.entry_part, self.entry_combo]).astype(np.int64)
+        combos = np.column_stack([self.clon, self.clat, self.cx, self.cy, self.jac, self.err])
+        return (
+            np.ascontiguousarray(table),
+            np.ascontiguousarray(ints),
+            np.ascontiguousarray(floats, dtype=np.float64),
+            np.ascontiguousarray(entries),
+            np.ascontiguousarray(combos, dtype=np.float64),
+        )
+
 
 class GridIndex:
     """Tables in front of an ExactIndex; the same answers, or more conservative ones."""
@@ -104,6 +124,22 @@ class GridIndex:
         self.fine, self.sub = _build_levels(exact, self.flat, big)
         self.coarse, self.coarse_clearance = _build_coarse(exact, max_accuracy_m, big)
         self.far_clearance = FAR_M - 1.0
+        # The kernel's arguments, packed into few arrays: a numba call costs ~0.1 us per argument.
+        fl = self.flat
+        self._packed = (
+            self.forced,
+            np.array([self.far_clearance]),
+            *self.fine.packed(),
+            *self.sub.packed(),
+            np.stack([self.coarse.keys, self.coarse.slots]),
+            self.coarse_clearance,
+            exact.part_zone,
+            np.ascontiguousarray(np.column_stack([exact.radius_m, exact.buffer_m])),
+            fl.is_point,
+            fl.ring_start,
+            fl.coord_start,
+            np.stack([fl.xs, fl.ys]),
+        )
 
     def locate(
         self,
@@ -121,23 +157,8 @@ class GridIndex:
         lon = np.ascontiguousarray(lon, dtype=np.float64)
         lat = np.ascontiguousarray(lat, dtype=np.float64)
         acc = np.ascontiguousarray(accuracy_m, dtype=np.float64)
-        ex, f, s, fl = self.exact, self.fine, self.sub, self.flat
-        grid_kernel(
-            lon, lat, acc, self.forced,
-            f.table.keys, f.table.slots, f.table.mask, f.state, f.zone, f.clearance,
-            f.near_acc, f.near_zone,
-            f.list_start, f.list_valid, f.entry_part, f.entry_combo,
-            f.clon, f.clat, f.cx, f.cy, f.jac, f.err,
-            s.table.keys, s.table.slots, s.table.mask, s.state, s.zone, s.clearance,
-            s.near_acc, s.near_zone,
-            s.list_start, s.list_valid, s.entry_part, s.entry_combo,
-            s.clon, s.clat, s.cx, s.cy, s.jac, s.err,
-            self.coarse.keys, self.coarse.slots, self.coarse.mask, self.coarse_clearance,
-            self.far_clearance,
-            ex.part_zone, ex.radius_m, ex.buffer_m,
-            fl.is_point, fl.ring_start, fl.coord_start, fl.xs, fl.ys,
-            kind, zone, todo,
-        )  # fmt: skip
+        grid_kernel(lon, lat, acc, *self._packed, kind, zone, todo)
+        ex = self.exact
         if need_presence is not None:
             # Presence needs every zone the circle reaches: only the exact index lists them all.
             todo |= need_presence
@@ -168,34 +189,32 @@ class GridIndex:
 @numba.njit(cache=True, inline="always")
 def _settle(
     lon: float, lat: float, a: float, slot: np.int64,
-    list_start: I64, list_valid: F64, entry_part: I64, entry_combo: I64,
-    clon: F64, clat: F64, cx: F64, cy: F64, jac: F64, err: F64,
-    part_zone: I64, radius: F64, buffer: F64,
-    is_point: B, ring_start: I64, coord_start: I64, xs: F64, ys: F64,
+    ints: I64, floats: F64, entries: I64, combos: F64,
+    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
 ) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
     """(kind, zone, settled) for one point from its cell's list, ranked as ExactIndex ranks."""
-    if not a <= list_valid[slot]:
+    if not a <= floats[slot, 2]:
         return np.int8(KIND_CLEAR), np.int32(-1), False
     best_inside = False
     best_zone = np.int32(-1)
     best_excess = np.inf
-    for e in range(list_start[slot], list_start[slot + 1]):
-        c = entry_combo[e]
-        p = entry_part[e]
-        dl = lon - clon[c]
+    for e in range(ints[slot, 3], ints[slot, 4]):
+        p = entries[e, 0]
+        c = entries[e, 1]
+        dl = lon - combos[c, 0]
         if dl > 180.0:
             dl -= 360.0
         elif dl < -180.0:
             dl += 360.0
-        dt = lat - clat[c]
-        x = cx[c] + jac[c, 0] * dl + jac[c, 1] * dt
-        y = cy[c] + jac[c, 2] * dl + jac[c, 3] * dt
-        d, _ = point_distance(x, y, p, is_point, ring_start, coord_start, xs, ys)
+        dt = lat - combos[c, 1]
+        x = combos[c, 2] + combos[c, 4] * dl + combos[c, 5] * dt
+        y = combos[c, 3] + combos[c, 6] * dl + combos[c, 7] * dt
+        d, _ = point_distance(x, y, p, is_point, ring_start, coord_start, xy[0], xy[1])
         z = part_zone[p]
-        r = radius[z]
-        tol = FRAME_SLACK_M + err[c]
+        r = zone_m[z, 0]
+        tol = FRAME_SLACK_M + combos[c, 8]
         inside = d <= r * FRAME_STRETCH + tol
-        limit = r + buffer[z] + a
+        limit = r + zone_m[z, 1] + a
         if not (inside or d <= limit * FRAME_STRETCH + tol):
             continue
         excess = d - r if inside else d - limit
@@ -219,21 +238,42 @@ def _clamp(value: int, low: int, count: int) -> int:
     return value
 
 
+@numba.njit(cache=True, inline="always")
+def _from_level(
+    lon: float, lat: float, a: float, slot: np.int64,
+    ints: I64, floats: F64, entries: I64, combos: F64,
+    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
+) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
+    """(kind, zone, settled) for a point in a stored cell of one level."""
+    state = ints[slot, 0]
+    if state == STATE_INSIDE:
+        return np.int8(KIND_INSIDE), np.int32(ints[slot, 1]), True
+    if state == STATE_NEAR:
+        return np.int8(KIND_NEAR), np.int32(ints[slot, 1]), True
+    if state == STATE_CLEAR and a <= floats[slot, 0]:
+        return np.int8(KIND_CLEAR), np.int32(-1), True
+    if a >= floats[slot, 1]:
+        return np.int8(KIND_NEAR), np.int32(ints[slot, 2]), True
+    return _settle(
+        lon, lat, a, slot, ints, floats, entries, combos,
+        part_zone, zone_m, is_point, ring_start, coord_start, xy,
+    )  # fmt: skip
+
+
 @numba.njit(cache=True, nogil=True)
 def grid_kernel(
-    lon: F64, lat: F64, acc: F64, forced: F64,
-    f_keys: I64, f_slots: I64, f_mask: np.int64, f_state: I8, f_zone: I32, f_clear: F64,
-    f_nacc: F64, f_nzone: I32, f_ls: I64, f_lv: F64, f_ep: I64, f_ec: I64,
-    f_clon: F64, f_clat: F64, f_cx: F64, f_cy: F64, f_jac: F64, f_err: F64,
-    s_keys: I64, s_slots: I64, s_mask: np.int64, s_state: I8, s_zone: I32, s_clear: F64,
-    s_nacc: F64, s_nzone: I32, s_ls: I64, s_lv: F64, s_ep: I64, s_ec: I64,
-    s_clon: F64, s_clat: F64, s_cx: F64, s_cy: F64, s_jac: F64, s_err: F64,
-    c_keys: I64, c_slots: I64, c_mask: np.int64, c_clear: F64, far_clearance: float,
-    part_zone: I64, radius: F64, buffer: F64,
-    is_point: B, ring_start: I64, coord_start: I64, xs: F64, ys: F64,
+    lon: F64, lat: F64, acc: F64, forced: F64, far: F64,
+    f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
+    s_table: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    c_table: I64, c_clear: F64,
+    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
     out_kind: I8, out_zone: I32, out_todo: B,
 ) -> None:  # fmt: skip
     """Decide each point from the tables, or flag it for the exact index."""
+    f_mask = np.int64(f_table.shape[1] - 1)
+    s_mask = np.int64(s_table.shape[1] - 1)
+    c_mask = np.int64(c_table.shape[1] - 1)
+    far_clearance = far[0]
     for i in range(len(lon)):
         a = acc[i]
         out_kind[i] = KIND_CLEAR
@@ -248,55 +288,31 @@ def grid_kernel(
             continue
         row = _clamp(np.int64(np.floor((lat[i] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
         col = np.int64(np.floor((lon[i] + 180.0) * FINE_PER_DEG)) % FINE_COLS
-        slot = find(f_keys, f_slots, f_mask, row * FINE_COLS + col)
+        slot = find(f_table[0], f_table[1], f_mask, row * FINE_COLS + col)
         if slot < 0:
             if a <= far_clearance:
                 continue
             crow = row // (FINE_PER_DEG // COARSE_PER_DEG)
             ccol = col // (FINE_PER_DEG // COARSE_PER_DEG)
-            cslot = find(c_keys, c_slots, c_mask, crow * COARSE_COLS + ccol)
+            cslot = find(c_table[0], c_table[1], c_mask, crow * COARSE_COLS + ccol)
             if cslot >= 0 and not a <= c_clear[cslot]:
                 out_todo[i] = True
             continue
-        state = f_state[slot]
-        if state == STATE_SUB:
+        if f_ints[slot, 0] == STATE_SUB:
             # Clamped into the parent cell, against rounding at its edges.
             srow = _clamp(np.int64(np.floor((lat[i] + 90.0) * SUB_PER_DEG)), row * SUB, SUB)
             scol = _clamp(
                 np.int64(np.floor((lon[i] + 180.0) * SUB_PER_DEG)) % SUB_COLS, col * SUB, SUB
             )
-            slot = find(s_keys, s_slots, s_mask, srow * SUB_COLS + scol)
-            state = s_state[slot]
-            if state >= STATE_NEAR:  # NEAR or INSIDE
-                out_kind[i] = KIND_INSIDE if state == STATE_INSIDE else KIND_NEAR
-                out_zone[i] = s_zone[slot]
-                continue
-            if state == STATE_CLEAR and a <= s_clear[slot]:
-                continue
-            if a >= s_nacc[slot]:
-                out_kind[i] = KIND_NEAR
-                out_zone[i] = s_nzone[slot]
-                continue
-            kind, zone, settled = _settle(
-                lon[i], lat[i], a, slot, s_ls, s_lv, s_ep, s_ec,
-                s_clon, s_clat, s_cx, s_cy, s_jac, s_err, part_zone, radius, buffer,
-                is_point, ring_start, coord_start, xs, ys,
+            slot = find(s_table[0], s_table[1], s_mask, srow * SUB_COLS + scol)
+            kind, zone, settled = _from_level(
+                lon[i], lat[i], a, slot, s_ints, s_floats, s_entries, s_combos,
+                part_zone, zone_m, is_point, ring_start, coord_start, xy,
             )  # fmt: skip
         else:
-            if state >= STATE_NEAR:  # NEAR or INSIDE
-                out_kind[i] = KIND_INSIDE if state == STATE_INSIDE else KIND_NEAR
-                out_zone[i] = f_zone[slot]
-                continue
-            if state == STATE_CLEAR and a <= f_clear[slot]:
-                continue
-            if a >= f_nacc[slot]:
-                out_kind[i] = KIND_NEAR
-                out_zone[i] = f_nzone[slot]
-                continue
-            kind, zone, settled = _settle(
-                lon[i], lat[i], a, slot, f_ls, f_lv, f_ep, f_ec,
-                f_clon, f_clat, f_cx, f_cy, f_jac, f_err, part_zone, radius, buffer,
-                is_point, ring_start, coord_start, xs, ys,
+            kind, zone, settled = _from_level(
+                lon[i], lat[i], a, slot, f_ints, f_floats, f_entries, f_combos,
+                part_zone, zone_m, is_point, ring_start, coord_start, xy,
             )  # fmt: skip
         if settled:
             out_kind[i] = kind

@@ -580,7 +580,12 @@ class Engine:
         record: bool,
     ) -> None:
         """Apply and update the presence memory for requests that carry a device id."""
-        keys = self._hasher.keys([ids[i] or "" for i in has_id])
+        # Each distinct device is hashed once (a batch often holds a device many times).
+        id_list = [ids[i] or "" for i in has_id.tolist()]
+        distinct = list(dict.fromkeys(id_list))
+        key_by_id = dict(zip(distinct, self._hasher.keys(distinct), strict=True))
+        keys = [key_by_id[d] for d in id_list]
+        distinct_keys = [key_by_id[d] for d in distinct]
         key_of = dict(zip(has_id.tolist(), keys, strict=True))
         # Presence seen in this batch: (request, category, time, end of its lookback).
         pres_req = ok[present_point]
@@ -590,14 +595,15 @@ class Engine:
         pres_t = at[pres_req]
         pres_end = pres_t + zs.lookback_s[pres_cat]
         try:
-            history = self._store.latest_many(list(dict.fromkeys(keys)))
+            history = self._store.latest_many(distinct_keys)
         except PresenceUnavailable:
             log.warning("presence store unavailable: failing closed for %d requests", len(has_id))
             undecided = has_id[reason[has_id] == _R[Reason.ALLOWED]]
             reason[undecided] = _R[Reason.STATE_UNAVAILABLE]
             history = None
         if history is not None:
-            by_key = dict(zip(dict.fromkeys(keys), history, strict=True))
+            # Only devices with a history, or with presence in this batch, can be blocked.
+            by_key = {k: h for k, h in zip(distinct_keys, history, strict=True) if h}
             # Presence recorded in this batch counts for the same device's requests at or after it.
             batch_events: dict[bytes, list[tuple[float, float, int]]] = {}
             for r, c, t, e in zip(
@@ -609,12 +615,15 @@ class Engine:
             ):
                 batch_events.setdefault(key_of[r], []).append((t, e, c))
             lookback = zs.lookback_s
+            at_of = at.tolist()
             for i, key in zip(has_id.tolist(), keys, strict=True):
-                best_end, best_cat = _block_end(by_key[key], lookback)
+                if key not in by_key and key not in batch_events:
+                    continue
+                best_end, best_cat = _block_end(by_key.get(key, {}), lookback)
                 for t, end, c in batch_events.get(key, ()):
-                    if t <= at[i] and end > best_end:
+                    if t <= at_of[i] and end > best_end:
                         best_end, best_cat = end, c
-                if at[i] < best_end and reason[i] == _R[Reason.ALLOWED]:
+                if at_of[i] < best_end and reason[i] == _R[Reason.ALLOWED]:
                     reason[i] = _R[Reason.RECENTLY_INSIDE]
                     category[i] = best_cat
                     until[i] = best_end

@@ -161,7 +161,8 @@ class GridIndex:
         ex = self.exact
         if need_presence is not None:
             # Presence needs every zone the circle reaches: only the exact index lists them all.
-            todo |= need_presence
+            # A point the grid clears has none (its circle misses every zone by its buffer).
+            todo |= need_presence & (kind != KIND_CLEAR)
         rest = np.flatnonzero(todo)
         if rest.size == 0:
             empty = np.empty(0, dtype=np.int64)

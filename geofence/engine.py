@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,9 @@ from geofence.zoneset import ZoneSet
 
 log = logging.getLogger("geofence")
 
+MAX_PENDING = 100_000  # presence records held through a store outage
+WARN_EVERY_S = 10.0
+
 F64 = npt.NDArray[np.float64]
 SOURCES = ("gps", "ip", "user", "unknown")
 
@@ -50,6 +55,10 @@ class Engine:
     ) -> None:
         self._zs = zone_set
         self._store, self._hasher = _open_presence(presence, presence_secret)
+        # Presence records an outage kept from the store (hashed keys only), oldest dropped first.
+        self._pending: deque[tuple[bytes, int, float, float]] = deque(maxlen=MAX_PENDING)
+        self._pending_lock = threading.Lock()
+        self._last_warning = -math.inf
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -175,9 +184,10 @@ class Engine:
         if device_id is not None:
             # Clear of every zone by more than the accuracy: no presence to record, only history.
             try:
+                self._flush_pending()
                 history = self._store.latest(self._hasher.key(device_id))
             except PresenceUnavailable:
-                log.warning("presence store unavailable: failing closed for 1 request")
+                self._warn("presence store unavailable: failing closed")
                 return Decision(False, Reason.STATE_UNAVAILABLE, zs.version)
             end, cat = _block_end(history, zs.lookback_s)
             if when < end:
@@ -406,6 +416,7 @@ class Engine:
         if not device_id:
             return Decision(True, Reason.ALLOWED, zs.version)
         try:
+            self._flush_pending()
             history = self._store.latest(self._hasher.key(device_id))
         except PresenceUnavailable:
             return Decision(
@@ -426,16 +437,56 @@ class Engine:
         """Record presence of one device in the given zones (best effort; logged on failure)."""
         if not device_id or not zones:
             return
-        cats = zs.category[np.asarray(zones)]
-        try:
-            self._store.record_many(
-                [self._hasher.key(device_id)] * len(zones),
-                cats.astype(np.uint8),
-                np.full(len(zones), at),
-                np.full(len(zones), at + zs.policy.max_lookback_s),
+        cats = zs.category[np.asarray(zones)].astype(np.uint8)
+        self._write_presence(
+            [self._hasher.key(device_id)] * len(zones),
+            cats,
+            np.full(len(zones), at),
+            np.full(len(zones), at + zs.policy.max_lookback_s),
+        )
+
+    def _write_presence(
+        self,
+        keys: list[bytes],
+        cats: npt.NDArray[np.uint8],
+        times: F64,
+        expires: F64,
+    ) -> None:
+        """Record presence; while the store is down, keep the records to write when it is back.
+
+        Losing them would fail open: a device seen inside a zone during an outage would be
+        allowed again, before its lookback ends, as soon as the store recovers.
+        """
+        with self._pending_lock:
+            self._pending.extend(
+                zip(keys, cats.tolist(), times.tolist(), expires.tolist(), strict=True)
             )
-        except PresenceUnavailable:
-            log.warning("presence store unavailable: presence record not written")
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """Write presence records held back by an outage; they stay held if it goes on."""
+        with self._pending_lock:
+            if not self._pending:
+                return
+            batch = list(self._pending)
+            try:
+                self._store.record_many(
+                    [k for k, _, _, _ in batch],
+                    np.array([c for _, c, _, _ in batch], dtype=np.uint8),
+                    np.array([t for _, _, t, _ in batch], dtype=np.float64),
+                    np.array([e for _, _, _, e in batch], dtype=np.float64),
+                )
+            except PresenceUnavailable:
+                self._warn(f"presence store unavailable: {len(batch)} presence records held")
+                return
+            self._pending.clear()
+
+    def _warn(self, message: str) -> None:
+        """A warning at most every WARN_EVERY_S seconds: an outage must not flood the log."""
+        now = time.monotonic()
+        if now - self._last_warning >= WARN_EVERY_S:
+            self._last_warning = now
+            log.warning(message)
 
     # --- batches --------------------------------------------------------------------------------
 
@@ -556,6 +607,7 @@ class Engine:
                     loc.present_point,
                     loc.present_zone,
                     has_id,
+                    no_id,
                     reason,
                     category,
                     until,
@@ -574,6 +626,7 @@ class Engine:
         present_point: npt.NDArray[np.int64],
         present_zone: npt.NDArray[np.int64],
         has_id: npt.NDArray[np.intp],
+        no_id: npt.NDArray[np.bool_],
         reason: npt.NDArray[np.uint8],
         category: npt.NDArray[np.uint8],
         until: F64,
@@ -589,15 +642,16 @@ class Engine:
         key_of = dict(zip(has_id.tolist(), keys, strict=True))
         # Presence seen in this batch: (request, category, time, end of its lookback).
         pres_req = ok[present_point]
-        with_id = np.isin(pres_req, has_id)
+        with_id = ~no_id[pres_req]
         pres_req, pres_zone = pres_req[with_id], present_zone[with_id]
         pres_cat = zs.category[pres_zone]
         pres_t = at[pres_req]
         pres_end = pres_t + zs.lookback_s[pres_cat]
         try:
+            self._flush_pending()
             history = self._store.latest_many(distinct_keys)
         except PresenceUnavailable:
-            log.warning("presence store unavailable: failing closed for %d requests", len(has_id))
+            self._warn(f"presence store unavailable: failing closed for {len(has_id)} requests")
             undecided = has_id[reason[has_id] == _R[Reason.ALLOWED]]
             reason[undecided] = _R[Reason.STATE_UNAVAILABLE]
             history = None
@@ -628,19 +682,14 @@ class Engine:
                     category[i] = best_cat
                     until[i] = best_end
         if record and len(pres_req):
-            try:
-                self._store.record_many(
-                    [key_of[r] for r in pres_req.tolist()],
-                    pres_cat.astype(np.uint8),
-                    pres_t.astype(np.float64),
-                    # Kept until the longest lookback of any category ends, so a policy that
-                    # lengthens one category's lookback still finds the record.
-                    pres_t + zs.policy.max_lookback_s,
-                )
-            except PresenceUnavailable:
-                log.warning(
-                    "presence store unavailable: %d presence records not written", len(pres_req)
-                )
+            self._write_presence(
+                [key_of[r] for r in pres_req.tolist()],
+                pres_cat.astype(np.uint8),
+                pres_t.astype(np.float64),
+                # Kept until the longest lookback of any category ends, so a policy that
+                # lengthens one category's lookback still finds the record.
+                pres_t + zs.policy.max_lookback_s,
+            )
 
 
 _NUMBER = (float, int, np.float64)

@@ -79,7 +79,7 @@ class PresenceRules:
 
     # "circle_intersects": the accuracy circle reaches the zone itself (not its buffer): the person
     # may have been inside, so remember it (conservative, the default). "center_inside": only the
-    # reported point. "circle_inside": the whole circle lies inside (fewest false taints).
+    # reported point.
     rule: str = "circle_intersects"
 
 
@@ -342,7 +342,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "unknown": ("reject", "allow"),
     "inactive": ("reject", "as_active"),
     "decommissioned": ("reject", "ignore"),
-    "rule": ("circle_intersects", "center_inside", "circle_inside"),
+    "rule": ("circle_intersects", "center_inside"),
 }
 
 

@@ -392,3 +392,31 @@ def test_compiled_file_round_trip_and_refusals(tmp_path: Path, engine: Engine) -
         dst.writestr("zoneset.json", src.read("zoneset.json").replace(b"hospital", b"clinic"))
     with pytest.raises(CompiledFileError, match="checksum"):
         Engine.load(altered)
+
+
+def test_presence_seen_during_an_outage_is_written_when_the_store_returns() -> None:
+    """Failing open after recovery would let a device seen inside be targeted early."""
+
+    class Flaky(MemoryStore):
+        down = True
+
+        def record_many(self, *a: Any, **k: Any) -> None:
+            if self.down:
+                raise PresenceUnavailable("down")
+            super().record_many(*a, **k)
+
+        def latest_many(self, keys: Any) -> Any:
+            if self.down:
+                raise PresenceUnavailable("down")
+            return super().latest_many(keys)
+
+    store = Flaky()
+    e = small_engine(presence=store, presence_secret="0123456789abcdef0123")
+    inside = e.check_location(lat=47.61, lon=-122.33, accuracy_m=5.0, device_id="d", at=T0)
+    assert inside.reason is Reason.INSIDE_ZONE
+    far = {"lat": 40.0, "lon": -100.0, "accuracy_m": 5.0, "device_id": "d"}
+    assert e.check_location(**far, at=T0 + 60).reason is Reason.STATE_UNAVAILABLE
+    store.down = False
+    later = e.check_location(**far, at=T0 + 120)
+    assert (later.reason, later.category) == (Reason.RECENTLY_INSIDE, Category.REPRODUCTIVE_HEALTH)
+    assert len(store) == 1

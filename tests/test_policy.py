@@ -247,7 +247,7 @@ def test_unknown_pack() -> None:
         (
             "presence",
             'rule = "anywhere"',
-            "rule must be one of ('circle_intersects', 'center_inside', 'circle_inside'), "
+            "rule must be one of ('circle_intersects', 'center_inside'), "
             "not 'anywhere'",
         ),
     ],

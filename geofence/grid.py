@@ -57,6 +57,8 @@ EPS_M = 0.01  # floating point at cell borders
 LIST_M = 60.0  # a cell lists the pieces whose clearance from it is below this
 CARRY_M = 60.0  # pieces clearer than this from a split cell only carry their clearance down
 MAX_CELLS_PER_PART = 20_000  # zones wider than ~20 km are left to the exact index
+MAX_SPLIT_PIECES = 12  # a mixed cell near more pieces than this stays whole (its list decides)
+SUB_PAIR_BUDGET = 6_000_000  # at most this many (subcell, piece) pairs in a zone set
 
 STATE_MIXED, STATE_CLEAR, STATE_NEAR, STATE_INSIDE, STATE_SUB = 0, 1, 2, 3, 4
 
@@ -405,11 +407,20 @@ def _build_levels(ex: ExactIndex, flat: FlatParts, big: B) -> tuple[Level, Level
 
     # Mixed fine cells without temporary zones are split; only pieces that could matter are
     # measured again, the others carry their clearance down to the subcells.
+    # Splitting is only a speed-up (a mixed fine cell keeps its own list): cells with few
+    # relevant pieces go first, and the subcell pairs stay within a fixed budget, so dense
+    # cities cannot blow up compile time and memory.
     timed_cell = _any_per_cell(cell_of_pair, timed_pair, len(keys))
-    split = np.flatnonzero((fine.state == STATE_MIXED) & ~timed_cell)
+    mixed = (fine.state == STATE_MIXED) & ~timed_cell
+    near_enough = clear_pair < CARRY_M
+    n_relevant = np.bincount(cell_of_pair[near_enough], minlength=len(keys))
+    candidates = np.flatnonzero(mixed & (n_relevant <= MAX_SPLIT_PIECES))
+    candidates = candidates[np.argsort(n_relevant[candidates], kind="stable")]
+    within_budget = np.cumsum(n_relevant[candidates]) * SUB * SUB <= SUB_PAIR_BUDGET
+    split = np.sort(candidates[within_budget])
     is_split = np.zeros(len(keys), dtype=bool)
     is_split[split] = True
-    relevant = is_split[cell_of_pair] & (clear_pair < CARRY_M)
+    relevant = is_split[cell_of_pair] & near_enough
     carried = np.full(len(keys), FAR_M - 1.0)
     far = is_split[cell_of_pair] & ~relevant
     np.minimum.at(carried, cell_of_pair[far], clear_pair[far])

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geofence import compiled
+from geofence.audit import AuditLog
 from geofence.beacons import normalize_beacon_id
 from geofence.categories import Category
 from geofence.decision import NO_CATEGORY, BatchDecision, Decision
@@ -36,6 +37,7 @@ from geofence.zoneset import ZoneSet
 log = logging.getLogger("geofence")
 
 MAX_PENDING = 100_000  # presence records held through a store outage
+MAX_BATCH = 50_000_000  # longer "batches" are one invalid request (a lying __len__, say)
 WARN_EVERY_S = 10.0
 
 F64 = npt.NDArray[np.float64]
@@ -52,9 +54,14 @@ class Engine:
         zone_set: ZoneSet,
         presence: str | PresenceStore | None = None,
         presence_secret: bytes | str | None = None,
+        audit: AuditLog | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` is the time now, in Unix seconds; tests that simulate time replace it."""
         self._zs = zone_set
+        self._clock = clock
         self._store, self._hasher = _open_presence(presence, presence_secret)
+        self._audit = audit  # an optional sink for decisions (see audit.py); never blocks
         # Presence records an outage kept from the store (hashed keys only), oldest dropped first.
         self._pending: deque[tuple[bytes, int, float, float]] = deque(maxlen=MAX_PENDING)
         self._pending_lock = threading.Lock()
@@ -68,9 +75,10 @@ class Engine:
         *paths: str | Path,
         presence: str | PresenceStore | None = None,
         presence_secret: bytes | str | None = None,
+        audit: AuditLog | None = None,
     ) -> Engine:
         """Load zone files (and the folder's policy.toml); raise ZoneFileError/PolicyError."""
-        return cls(ZoneSet.from_paths(*paths), presence, presence_secret)
+        return cls(ZoneSet.from_paths(*paths), presence, presence_secret, audit)
 
     @classmethod
     def load(
@@ -78,9 +86,10 @@ class Engine:
         path: str | Path,
         presence: str | PresenceStore | None = None,
         presence_secret: bytes | str | None = None,
+        audit: AuditLog | None = None,
     ) -> Engine:
         """Open a compiled zone set (`geofence compile -o`); raise CompiledFileError if bad."""
-        return cls(compiled.load(path), presence, presence_secret)
+        return cls(compiled.load(path), presence, presence_secret, audit)
 
     def save(self, path: str | Path) -> Path:
         """Write the serving zone set as a compiled, checksummed file."""
@@ -124,15 +133,17 @@ class Engine:
         """Decide one location-triggered request. Never raises."""
         zs = self._zs
         try:
-            fast = self._single(zs, lat, lon, accuracy_m, device_id, at, source)
-            if fast is not None:
-                return fast
-            return self._batch(
-                zs, [lat], [lon], [accuracy_m], [device_id], [at], [source], record=True
-            ).decision(0)
+            decision = self._single(zs, lat, lon, accuracy_m, device_id, at, source)
+            if decision is None:
+                decision = self._batch(
+                    zs, [lat], [lon], [accuracy_m], [device_id], [at], [source], record=True
+                ).decision(0)
         except Exception:
             log.exception("internal error in check_location")
-            return Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+            decision = Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+        if self._audit is not None:
+            self._audit_one(decision, device_id, at)
+        return decision
 
     def _single(
         self, zs: ZoneSet, lat: Any, lon: Any, accuracy_m: Any, device_id: Any, at: Any,
@@ -159,12 +170,14 @@ class Engine:
             acc = float(accuracy_m)
         else:
             return None
+        now = self._clock()
         if at is None:
-            when = time.time()
-        elif type(at) in _NUMBER and math.isfinite(at):
-            when = float(at)
+            when = now
         else:
-            return None
+            when_or_none = _finite(at) if type(at) in _NUMBER else None
+            if when_or_none is None:
+                return None
+            when = when_or_none
         if device_id is None:
             if rules.no_device_id == "reject":
                 return None
@@ -225,11 +238,16 @@ class Engine:
         them, so they are judged on location alone). Beacons: `device.ext.beacons`.
         """
         zs = self._zs
+        now = self._clock()
+        device = None
         try:
-            return self._openrtb(zs, request, time.time())
+            decision, device = self._openrtb(zs, request, now)
         except Exception:
             log.exception("internal error in check_openrtb")
-            return Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+            decision = Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+        if self._audit is not None:
+            self._audit_one(decision, device, now)
+        return decision
 
     def check_openrtb_many(self, requests: Any) -> list[Decision]:
         """Decide a list of bid requests; one decision per request. Never raises."""
@@ -238,21 +256,29 @@ class Engine:
             items = list(requests)
         except Exception:
             return [Decision(False, Reason.INVALID_REQUEST, zs.version, detail="not a list")]
-        now = time.time()
+        now = self._clock()
         out = []
         for r in items:
+            device = None
             try:
-                out.append(self._openrtb(zs, r, now))
+                decision, device = self._openrtb(zs, r, now)
             except Exception:
                 log.exception("internal error in check_openrtb_many")
-                out.append(Decision(False, Reason.INTERNAL_ERROR, zs.version))
+                decision = Decision(False, Reason.INTERNAL_ERROR, zs.version)
+            if self._audit is not None:
+                self._audit_one(decision, device, now)
+            out.append(decision)
         return out
 
-    def _openrtb(self, zs: ZoneSet, request: Any, now: float) -> Decision:
+    def _openrtb(self, zs: ZoneSet, request: Any, now: float) -> tuple[Decision, str | None]:
+        """The decision for one bid request, and the device id it was judged for."""
         try:
             bid = parse_bid_request(request)
         except InvalidBidRequest as exc:
-            return Decision(False, Reason.INVALID_REQUEST, zs.version, detail=str(exc)[:200])
+            return (
+                Decision(False, Reason.INVALID_REQUEST, zs.version, detail=str(exc)[:200]),
+                None,
+            )
         at = now - bid.fix_age_s
         device = None if bid.lmt else bid.device_id
         decisions: list[Decision] = []
@@ -277,14 +303,17 @@ class Engine:
                 decisions.append(d)
         if not decisions:
             allowed = zs.policy.requests.no_location == "allow"
-            return Decision(
-                allowed,
-                Reason.NO_LOCATION,
-                zs.version,
-                detail="no device.geo location and no beacon",
+            return (
+                Decision(
+                    allowed,
+                    Reason.NO_LOCATION,
+                    zs.version,
+                    detail="no device.geo location and no beacon",
+                ),
+                device,
             )
         rejected = [d for d in decisions if not d.allowed]
-        return rejected[0] if rejected else decisions[0]
+        return (rejected[0] if rejected else decisions[0]), device
 
     def check_beacon(
         self, beacon_id: Any, device_id: Any = None, at: Any = None, rssi: Any = None
@@ -293,27 +322,34 @@ class Engine:
         zs = self._zs
         try:
             if rssi is not None and (
-                isinstance(rssi, bool)
-                or not isinstance(rssi, int | float)
-                or not math.isfinite(rssi)
+                isinstance(rssi, bool) or not isinstance(rssi, int | float) or _finite(rssi) is None
             ):
                 return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad rssi")
-            when, bad = _floats([at], 1, missing=time.time())
+            now = self._clock()
+            when, bad = _floats([at], 1, missing=now)
             if bad[0] or not math.isfinite(when[0]):
                 return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad time")
             if device_id is not None and not isinstance(device_id, str):
                 return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad device id")
-            return self._beacon(zs, beacon_id, device_id, float(when[0]))
+            decision = self._beacon(zs, beacon_id, device_id, float(when[0]))
         except Exception:
             log.exception("internal error in check_beacon")
-            return Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+            decision = Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+        if self._audit is not None:
+            self._audit_one(decision, device_id, at)
+        return decision
 
     def check_beacons_many(
         self, beacon_ids: Sequence[Any], device_ids: Any = None, at: Any = None
     ) -> list[Decision]:
         """Decide a batch of beacon sightings; one decision per sighting. Never raises."""
         try:
-            n = len(beacon_ids)
+            n = len(beacon_ids)  # a Sequence: an iterator or generator is refused
+            if n > MAX_BATCH:
+                raise ValueError("batch too large")
+            ids = list(beacon_ids)
+            if len(ids) != n:
+                raise ValueError("len() does not match the items")
             if device_ids is None or isinstance(device_ids, str):
                 devices = [device_ids] * n  # one device for every sighting
             else:
@@ -330,9 +366,7 @@ class Engine:
                     detail="beacon_ids, device_ids and at must have one length",
                 )
             ]
-        return [
-            self.check_beacon(b, d, t) for b, d, t in zip(beacon_ids, devices, times, strict=True)
-        ]
+        return [self.check_beacon(b, d, t) for b, d, t in zip(ids, devices, times, strict=True)]
 
     def _beacon(self, zs: ZoneSet, beacon_id: Any, device_id: str | None, at: float) -> Decision:
         rules = zs.policy.beacons
@@ -445,6 +479,33 @@ class Engine:
             np.full(len(zones), at + zs.policy.max_lookback_s),
         )
 
+    def _audit_one(self, decision: Decision, device_id: Any, at: Any) -> None:
+        """Hand one decision to the audit sink, keyed by the hashed device id. Never raises."""
+        try:
+            assert self._audit is not None
+            key = _audit_key(self._hasher, device_id)
+            when = _finite(at) if type(at) in _NUMBER else None
+            when = self._clock() if when is None else when
+            self._audit.record(decision, key, when)
+        except Exception:
+            log.exception("audit sink failed")
+
+    def _audit_many(self, batch: BatchDecision, device_ids: Any, at: Any) -> None:
+        try:
+            assert self._audit is not None
+            n = len(batch)
+            keys = None
+            if isinstance(device_ids, list | tuple | np.ndarray) and len(device_ids) == n:
+                keys = [_audit_key(self._hasher, d) for d in device_ids]
+            when: Any = self._clock()
+            if isinstance(at, np.ndarray) and at.shape == (n,) and at.dtype.kind == "f":
+                when = np.where(np.isfinite(at), at, when)
+            elif type(at) in _NUMBER and _finite(at) is not None:
+                when = float(at)
+            self._audit.record_batch(batch, keys, when)
+        except Exception:
+            log.exception("audit sink failed")
+
     def _write_presence(
         self,
         keys: list[bytes],
@@ -506,11 +567,13 @@ class Engine:
         """
         zs = self._zs
         try:
-            return self._batch(zs, lat, lon, accuracy_m, device_ids, at, source, record=True)
+            batch = self._batch(zs, lat, lon, accuracy_m, device_ids, at, source, record=True)
         except Exception:
             log.exception("internal error in check_many")
-            n = _guess_len(lat)
-            return _uniform(zs, n, Reason.INTERNAL_ERROR)
+            batch = _uniform(zs, _guess_len(lat), Reason.INTERNAL_ERROR)
+        if self._audit is not None:
+            self._audit_many(batch, device_ids, at)
+        return batch
 
     def observe_many(
         self,
@@ -542,7 +605,8 @@ class Engine:
         lat_a, bad = _floats(lat, n)
         lon_a, bad_lon = _floats(lon, n)
         acc_a, bad_acc = _floats(accuracy_m, n, missing=np.nan)
-        at_a, bad_at = _floats(at, n, missing=time.time())
+        now = self._clock()
+        at_a, bad_at = _floats(at, n, missing=now)
         bad |= bad_lon | bad_acc | bad_at
         bad |= ~(np.abs(lat_a) <= 90.0) | ~(np.abs(lon_a) <= 180.0) | ~np.isfinite(at_a)
         given_acc = ~_missing_mask(accuracy_m, n)
@@ -706,6 +770,22 @@ def _allowed(version: str) -> Decision:
     return decision
 
 
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float, or None (NaN, infinities, ints too large for a float)."""
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _audit_key(hasher: DeviceHasher, device_id: Any) -> bytes | None:
+    """The presence key of a usable device id, for the audit log; None otherwise."""
+    if type(device_id) is str and device_id.strip() and len(device_id) <= 256:
+        return hasher.key(device_id)
+    return None
+
+
 def _block_end(history: dict[int, float], lookback_s: F64) -> tuple[float, int]:
     """(end of the latest presence block, its category code) from {category: last time}."""
     best_end, best_cat = -math.inf, -1
@@ -720,12 +800,17 @@ def _block_end(history: dict[int, float], lookback_s: F64) -> tuple[float, int]:
 
 
 def _guess_len(values: Any) -> int:
+    """How many requests `values` holds; 1 for anything unmeasurable or absurdly long.
+
+    A single invalid element is then the answer, rather than an exception or a huge allocation.
+    """
     if values is None or isinstance(values, str | bytes):
         return 1
     try:
-        return len(values)
-    except TypeError:
+        n = len(values)
+    except Exception:
         return 1
+    return n if isinstance(n, int) and 0 <= n <= MAX_BATCH else 1
 
 
 def _missing_mask(values: Any, n: int) -> npt.NDArray[np.bool_]:
@@ -750,7 +835,11 @@ def _floats(values: Any, n: int, missing: float = np.nan) -> tuple[F64, npt.NDAr
             return values.astype(np.float64, copy=False), bad
         values = values.tolist()
     if isinstance(values, int | float) and not isinstance(values, bool):
-        return np.full(n, float(values), dtype=np.float64), bad
+        try:
+            scalar = float(values)
+        except OverflowError:  # an int too large for a float
+            return np.full(n, np.nan), np.ones(n, dtype=bool)
+        return np.full(n, scalar, dtype=np.float64), bad
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
         return np.full(n, np.nan), np.ones(n, dtype=bool)
     if len(values) != n:
@@ -759,12 +848,14 @@ def _floats(values: Any, n: int, missing: float = np.nan) -> tuple[F64, npt.NDAr
     for i, v in enumerate(values):
         if v is None:
             out[i] = missing
-        elif isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+        elif isinstance(v, bool | np.timedelta64) or not isinstance(
+            v, int | float | np.integer | np.floating
+        ):
             out[i], bad[i] = np.nan, True
         else:
             try:
                 out[i] = float(v)
-            except (OverflowError, ValueError):
+            except (OverflowError, ValueError, TypeError):
                 out[i], bad[i] = np.nan, True
     return out, bad
 

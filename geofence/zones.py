@@ -35,6 +35,13 @@ SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
 CSV_REQUIRED = ("id", "category", "lat", "lon", "radius_m")
 POLYGONAL = ("Polygon", "MultiPolygon")
 
+# Limits on what one load may ask of the process, so a hostile or broken file gets a clear error
+# instead of exhausting memory or time. Each is far above any real zone set: the bundled London
+# places of worship average 30 vertices a zone, a detailed national park a few tens of thousands.
+MAX_FILE_BYTES = 512 * 1024 * 1024  # one zone file (a shapefile counts its sidecars too)
+MAX_VERTICES_PER_ZONE = 250_000  # coordinates in one zone's geometry, every ring and part
+MAX_ZONES = 2_000_000  # features in one file, and zones across all the files of a set
+
 
 @dataclass(frozen=True, slots=True)
 class Zone:
@@ -95,8 +102,20 @@ def read_zones(
     zones: list[Zone] = []
     problems: list[Problem] = []
     seen: dict[str, tuple[str, int]] = {}
+    total_features = 0
     for f in zone_files(paths):
         file_zones, file_problems = read_zone_file(f)
+        total_features += len(file_zones)
+        if total_features > MAX_ZONES:
+            problems.append(
+                Problem(
+                    f.name,
+                    f"the zone files hold more than {MAX_ZONES} zones (the limit, "
+                    "geofence.zones.MAX_ZONES); reading stopped here",
+                    hint="split the set, or raise the limit if the machine can hold it",
+                )
+            )
+            break
         if progress is not None:
             progress(f)
         problems += file_problems
@@ -147,11 +166,44 @@ def read_zone_file(path: Path) -> tuple[list[tuple[Zone, int]], list[Problem]]:
     if not path.exists():
         return [], [Problem(name, f"no such file: {path}")]
     suffix = path.suffix.lower()
+    size = _file_bytes(path)
+    if size > MAX_FILE_BYTES:
+        return [], [
+            Problem(
+                name,
+                f"file is {size} bytes, over the limit of {MAX_FILE_BYTES} "
+                "(geofence.zones.MAX_FILE_BYTES); not read",
+                hint="split the file, or raise the limit if the machine can hold it",
+            )
+        ]
     if suffix == CSV_SUFFIX:
         return _read_csv(path)
     if suffix not in GIS_SUFFIXES:
         return [], [Problem(name, f"not a zone file (expected {', '.join(GIS_SUFFIXES)}, .csv)")]
     return _read_gis(path)
+
+
+def _file_bytes(path: Path) -> int:
+    """Bytes a reader would take in: the file, plus a shapefile's sidecars."""
+    try:
+        size = path.stat().st_size
+        if path.suffix.lower() == ".shp":
+            for s in SHAPEFILE_SIDECARS:
+                sidecar = path.with_suffix(s)
+                if sidecar.exists():
+                    size += sidecar.stat().st_size
+    except OSError:
+        return 0  # unreadable: the reader reports it
+    return size
+
+
+def _too_many_features(label: str, count: int) -> Problem:
+    return Problem(
+        label,
+        f"{count} features, over the limit of {MAX_ZONES} zones "
+        "(geofence.zones.MAX_ZONES); not read",
+        hint="split the file, or raise the limit if the machine can hold it",
+    )
 
 
 # --- GIS files ---------------------------------------------------------------------------------
@@ -167,6 +219,14 @@ def _read_gis(path: Path) -> tuple[list[tuple[Zone, int]], list[Problem]]:
         return [], [Problem(name, f"cannot be read as a GIS file: {exc}")]
     for layer in layers:
         unreadable: dict[int, str] = {}
+        label = name if len(layers) == 1 else f"{name}:{layer}"
+        try:
+            count = int(pyogrio.read_info(path, layer=layer).get("features", 0))
+        except Exception:
+            count = 0  # unknown here; the read below reports any problem
+        if count > MAX_ZONES:
+            problems.append(_too_many_features(label, count))
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -182,7 +242,6 @@ def _read_gis(path: Path) -> tuple[list[tuple[Zone, int]], list[Problem]]:
         except Exception as exc:
             problems.append(Problem(name, f"layer {layer!r} cannot be read: {exc}"))
             continue
-        label = name if len(layers) == 1 else f"{name}:{layer}"
         records = df.drop(columns="geometry").to_dict("records")
         geoms = np.asarray(df.geometry.values, dtype=object)
         zones, layer_problems = _check_features(label, records, geoms, df.crs, unreadable)
@@ -325,6 +384,12 @@ def _check_features(
     n = len(records)
     present = np.array([g is not None for g in geoms], dtype=bool)
     geom_arr = np.where(present, geoms, shapely.Point())  # type: ignore[call-overload]
+    # Over-large geometries are set aside before any costly check (validity, reprojection).
+    vertices = shapely.get_num_coordinates(geom_arr)
+    too_large = vertices > MAX_VERTICES_PER_ZONE
+    if too_large.any():
+        geom_arr = geom_arr.copy()
+        geom_arr[too_large] = shapely.Point()
     empty = shapely.is_empty(geom_arr)
     bounds = shapely.bounds(geom_arr)
     finite = np.all(np.isfinite(bounds), axis=1) | empty
@@ -381,7 +446,18 @@ def _check_features(
                 )
             )
         category = _category(rec.get("category"), label, index, zid, problems)
-        if unreadable and i in unreadable:
+        if too_large[i]:
+            problems.append(
+                Problem(
+                    label,
+                    f"geometry has {int(vertices[i])} vertices, over the limit of "
+                    f"{MAX_VERTICES_PER_ZONE} (geofence.zones.MAX_VERTICES_PER_ZONE)",
+                    index,
+                    zid,
+                    hint="simplify it (e.g. shapely.simplify with a tolerance of a metre or two)",
+                )
+            )
+        elif unreadable and i in unreadable:
             problems.append(Problem(label, unreadable[i], index, zid, hint=RING_HINT))
         elif not present[i] or empty[i]:
             problems.append(Problem(label, "empty geometry", index, zid))
@@ -482,6 +558,8 @@ def _read_csv(path: Path) -> tuple[list[tuple[Zone, int]], list[Problem]]:
             header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         return [], [Problem(name, f"cannot be read as CSV: {exc}")]
+    if len(rows) > MAX_ZONES:
+        return [], [_too_many_features(name, len(rows))]
     missing = [c for c in CSV_REQUIRED if c not in header]
     if missing:
         return [], [

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofence import Category, CompiledFileError, Engine, Reason, ZoneFileError
+from geofence.audit import AuditLog
 from geofence.errors import PresenceUnavailable
 from geofence.policy import load_policy_text
 from geofence.presence.memory import MemoryStore
@@ -420,3 +421,32 @@ def test_presence_seen_during_an_outage_is_written_when_the_store_returns() -> N
     later = e.check_location(**far, at=T0 + 120)
     assert (later.reason, later.category) == (Reason.RECENTLY_INSIDE, Category.REPRODUCTIVE_HEALTH)
     assert len(store) == 1
+
+
+def test_audit_log_gets_rejections_with_hashed_devices_only(tmp_path: Path) -> None:
+    log_path = tmp_path / "audit.jsonl"
+    audit = AuditLog(log_path, flush_interval_s=0.05)
+    e = small_engine(audit=audit)
+    e.check_location(lat=47.61, lon=-122.33, accuracy_m=5.0, device_id="ifa-AUDIT-1", at=T0)
+    e.check_location(lat=40.0, lon=-100.0, accuracy_m=5.0, device_id="ifa-AUDIT-2", at=T0)
+    e.check_many(
+        np.array([47.61, 40.0]),
+        np.array([-122.33, -100.0]),
+        5.0,
+        device_ids=["ifa-AUDIT-3", None],
+        at=T0,
+    )
+    e.check_openrtb(
+        {
+            "id": "r",
+            "device": {"ifa": "ifa-AUDIT-4", "geo": {"lat": 47.61, "lon": -122.33, "accuracy": 5}},
+        }
+    )
+    audit.close()
+    text = log_path.read_text()
+    records = [json.loads(line) for line in text.splitlines() if '"reason"' in line]
+    assert [r["reason"] for r in records] == ["inside_zone", "inside_zone", "inside_zone"]
+    assert {r["zone_id"] for r in records} == {"clinic"}
+    assert records[0]["device"] == e._hasher.key("ifa-AUDIT-1").hex()
+    assert records[2]["device"] == e._hasher.key("ifa-AUDIT-4").hex()
+    assert "ifa-AUDIT" not in text and "47.61" not in text and "122.33" not in text

@@ -181,7 +181,12 @@ class Engine:
         if device_id is None:
             if rules.no_device_id == "reject":
                 return None
-        elif type(device_id) is not str or not device_id.strip() or len(device_id) > 256:
+        elif (
+            type(device_id) is not str
+            or not device_id.strip()
+            or len(device_id) > 256
+            or not _encodable(device_id)
+        ):
             return None
         loc = zs.index.locate(
             np.array([float(lon)]), np.array([float(lat)]), np.array([acc]), np.array([when])
@@ -329,7 +334,7 @@ class Engine:
             when, bad = _floats([at], 1, missing=now)
             if bad[0] or not math.isfinite(when[0]):
                 return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad time")
-            if device_id is not None and not isinstance(device_id, str):
+            if device_id is not None and not (isinstance(device_id, str) and _encodable(device_id)):
                 return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad device id")
             decision = self._beacon(zs, beacon_id, device_id, float(when[0]))
         except Exception:
@@ -779,10 +784,19 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _encodable(text: str) -> bool:
+    """Whether a device id is valid UTF-8 text (a lone surrogate is not, and cannot be hashed)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _audit_key(hasher: DeviceHasher, device_id: Any) -> bytes | None:
     """The presence key of a usable device id, for the audit log; None otherwise."""
     if type(device_id) is str and device_id.strip() and len(device_id) <= 256:
-        return hasher.key(device_id)
+        return hasher.key(device_id) if _encodable(device_id) else None
     return None
 
 
@@ -892,7 +906,7 @@ def _device_ids(device_ids: Any, n: int) -> tuple[list[str | None], npt.NDArray[
     for i, d in enumerate(device_ids):
         if d is None or (isinstance(d, str) and not d.strip()):
             out.append(None)
-        elif isinstance(d, str) and len(d) <= 256:
+        elif isinstance(d, str) and len(d) <= 256 and _encodable(d):
             out.append(d)
         else:
             out.append(None)

@@ -1105,12 +1105,7 @@ def test_fuzz_extended(name: str, capsys: pytest.CaptureFixture[str]) -> None:
 _BEACON_LINKED = "3d1f8a2e-6b7c-4e59-a0d4-5c2b9e7f1a63:2:1"  # registered, linked to a zone
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: a device id that is not valid Unicode (a lone surrogate) reaches "
-    "DeviceHasher.key, whose UTF-8 encode raises: internal_error (and a logged traceback per "
-    "request) instead of invalid_request. Fix: _device_ids marks it bad; check_beacon rejects it.",
-)
+# Found by fuzzing, fixed in the engine since; kept as a regression test.
 def test_a_lone_surrogate_device_id_is_invalid_request() -> None:
     e = engine()
     d = e.check_location(lat=40.0, lon=-100.0, accuracy_m=5.0, device_id="ifa-\ud800")

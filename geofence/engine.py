@@ -545,6 +545,10 @@ class Engine:
             except PresenceUnavailable:
                 self._warn(f"presence store unavailable: {len(batch)} presence records held")
                 return
+            except Exception:
+                # Not an outage: these records can never be written (an absurd time, say).
+                # Holding them would fail every later request; drop them, and say so.
+                log.exception("dropping %d presence records the store refused", len(batch))
             self._pending.clear()
 
     def _warn(self, message: str) -> None:

@@ -227,3 +227,14 @@ def test_sqlite_writer_killed_mid_write_loses_no_committed_record(tmp_path: Path
     )
     assert d.reason is Reason.RECENTLY_INSIDE
     engine.close()
+
+
+# Found by fuzzing; the engine now drops records a store refuses outright.
+def test_one_absurd_time_does_not_poison_the_redis_engine(redis_url: str) -> None:
+    engine = Engine(zone_set(), presence=redis_url, presence_secret=SECRET)
+    engine.check_location(
+        lat=CLINIC[0], lon=CLINIC[1], accuracy_m=5.0, device_id="absurd", at=1.7e308
+    )
+    d = engine.check_location(lat=FAR[0], lon=FAR[1], accuracy_m=5.0, device_id="someone-else")
+    engine.close()
+    assert d.reason is Reason.ALLOWED

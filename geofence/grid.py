@@ -481,14 +481,7 @@ def _classify(
     else:
         parent_keys, parent_frame, parent_cell = parent
         up = np.searchsorted(parent_keys, parent_cell[combo_cell] * n_tiles + combo_tile)
-        frame = _derived_frames(
-            parent_frame,
-            up,
-            lon0[combo_cell],
-            lat0[combo_cell],
-            step,
-            parent_frame_centres=(parent[1].clon[up], parent[1].clat[up]),
-        )
+        frame = _derived_frames(parent_frame, up, lon0[combo_cell], lat0[combo_cell], step)
     d, db = _pair_distances(
         frame.cx, frame.cy, pair_combo, pair_part,
         flat.is_point, flat.ring_start, flat.coord_start, flat.xs, flat.ys,
@@ -574,12 +567,9 @@ class _Frames:
     half_diag: F64
 
 
-def _derived_frames(
-    parent: _Frames, up: I64, lon0: F64, lat0: F64, step: float,
-    parent_frame_centres: tuple[F64, F64],
-) -> _Frames:  # fmt: skip
+def _derived_frames(parent: _Frames, up: I64, lon0: F64, lat0: F64, step: float) -> _Frames:
     """Subcell frames from the parent cell's affine map; its error bound covers the subcell."""
-    plon, plat = parent_frame_centres
+    plon, plat = parent.clon[up], parent.clat[up]
     jac = parent.jac[up]
     clon, clat = lon0 + step / 2, lat0 + step / 2
     dl, dt = clon - plon, clat - plat

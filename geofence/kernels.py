@@ -35,11 +35,6 @@ class HashTable:
         _fill(self.keys, self.slots, np.ascontiguousarray(keys, dtype=np.int64))
         self.mask = np.int64(capacity - 1)
 
-    def lookup(self, keys: I64) -> I64:
-        out = np.empty(len(keys), dtype=np.int64)
-        _lookup_many(self.keys, self.slots, self.mask, np.ascontiguousarray(keys, np.int64), out)
-        return out
-
 
 @numba.njit(cache=True, inline="always")
 def _hash(key: np.int64, mask: np.int64) -> np.int64:
@@ -68,12 +63,6 @@ def find(table: I64, slots: I64, mask: np.int64, key: np.int64) -> np.int64:
         if k == -1:
             return np.int64(-1)
         h = (h + 1) & mask
-
-
-@numba.njit(cache=True)
-def _lookup_many(table: I64, slots: I64, mask: np.int64, keys: I64, out: I64) -> None:
-    for i in range(len(keys)):
-        out[i] = find(table, slots, mask, keys[i])
 
 
 # --- zone pieces as flat coordinate arrays -----------------------------------------------------

@@ -217,6 +217,25 @@ def geojson_geometry(geom: Polygon | MultiPolygon) -> dict[str, Any]:
 # =================================================================================================
 
 
+def _area_in_box(geom: Any, box: Any, rep: Any) -> Any:
+    """The source area snapped to the 1e-7 degree grid if it is sound and meets `box`, else None.
+
+    Skipped areas near the box are counted in `rep.skipped` by reason (the envelope test works on
+    invalid shapes too); areas elsewhere are simply outside the sample.
+    """
+    problem = source_geometry_problem(geom)
+    if problem is not None:
+        if geom is not None and not geom.is_empty and shapely.box(*geom.bounds).intersects(box):
+            rep.skipped[problem] += 1
+        return None
+    if not geom.intersects(box):
+        return None
+    snapped = snap_area(geom, DEGREE_GRID)
+    if snapped is None:
+        rep.skipped["collapsed or invalid after snapping to 1e-7 degrees"] += 1
+    return snapped
+
+
 def build_london(data: Path, out: Path) -> Report:
     rep = Report(LONDON_OUT)
     src = gpd.read_file(data / LONDON_SRC)
@@ -226,17 +245,8 @@ def build_london(data: Path, out: Path) -> Report:
     features = []
     for row in src.itertuples(index=False):
         geom = row.geometry
-        problem = source_geometry_problem(geom)
-        if problem is not None:
-            # Count only problems near the box (the envelope test works on invalid shapes too).
-            if geom is not None and not geom.is_empty and shapely.box(*geom.bounds).intersects(box):
-                rep.skipped[problem] += 1
-            continue
-        if not geom.intersects(box):
-            continue
-        snapped = snap_area(geom, DEGREE_GRID)
+        snapped = _area_in_box(geom, box, rep)
         if snapped is None:
-            rep.skipped["collapsed or invalid after snapping to 1e-7 degrees"] += 1
             continue
         # Geofabrik's osm_id is a way id for most areas and a relation id for multipolygons, with
         # nothing in the shapefile to tell them apart; the prefix says where the number comes from.
@@ -279,16 +289,8 @@ def build_kuala_lumpur(data: Path, out: Path) -> Report:
     rows = []
     for index, geom in enumerate(src.geometry):
         # The id is the feature's position in the source file (which equals its shp_index).
-        problem = source_geometry_problem(geom)
-        if problem is not None:
-            if geom is not None and not geom.is_empty and shapely.box(*geom.bounds).intersects(box):
-                rep.skipped[problem] += 1
-            continue
-        if not geom.intersects(box):
-            continue
-        snapped = snap_area(geom, DEGREE_GRID)
+        snapped = _area_in_box(geom, box, rep)
         if snapped is None:
-            rep.skipped["collapsed or invalid after snapping to 1e-7 degrees"] += 1
             continue
         rows.append(
             {

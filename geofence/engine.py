@@ -132,14 +132,25 @@ class Engine:
     ) -> Decision:
         """Decide one location-triggered request. Never raises."""
         zs = self._zs
-        try:
+
+        def decide() -> Decision:
             decision = self._single(zs, lat, lon, accuracy_m, device_id, at, source)
             if decision is None:
                 decision = self._batch(
                     zs, [lat], [lon], [accuracy_m], [device_id], [at], [source], record=True
                 ).decision(0)
+            return decision
+
+        return self._guarded(zs, "check_location", decide, device_id, at)
+
+    def _guarded(
+        self, zs: ZoneSet, where: str, decide: Callable[[], Decision], device_id: Any, at: Any
+    ) -> Decision:
+        """Run one decision: an exception inside becomes internal_error; then audit it."""
+        try:
+            decision = decide()
         except Exception:
-            log.exception("internal error in check_location")
+            log.exception("internal error in %s", where)
             decision = Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
         if self._audit is not None:
             self._audit_one(decision, device_id, at)
@@ -325,24 +336,26 @@ class Engine:
     ) -> Decision:
         """Decide a beacon-triggered request: a beacon in or near a zone is presence there."""
         zs = self._zs
-        try:
-            if rssi is not None and (
-                isinstance(rssi, bool) or not isinstance(rssi, int | float) or _finite(rssi) is None
-            ):
-                return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad rssi")
-            now = self._clock()
-            when, bad = _floats([at], 1, missing=now)
-            if bad[0] or not math.isfinite(when[0]):
-                return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad time")
-            if device_id is not None and not (isinstance(device_id, str) and _encodable(device_id)):
-                return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad device id")
-            decision = self._beacon(zs, beacon_id, device_id, float(when[0]))
-        except Exception:
-            log.exception("internal error in check_beacon")
-            decision = Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
-        if self._audit is not None:
-            self._audit_one(decision, device_id, at)
-        return decision
+        return self._guarded(
+            zs, "check_beacon", lambda: self._beacon_request(zs, beacon_id, device_id, at, rssi),
+            device_id, at,
+        )  # fmt: skip
+
+    def _beacon_request(
+        self, zs: ZoneSet, beacon_id: Any, device_id: Any, at: Any, rssi: Any
+    ) -> Decision:
+        """check_beacon's input checks, then the decision."""
+        if rssi is not None and (
+            isinstance(rssi, bool) or not isinstance(rssi, int | float) or _finite(rssi) is None
+        ):
+            return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad rssi")
+        now = self._clock()
+        when, bad = _floats([at], 1, missing=now)
+        if bad[0] or not math.isfinite(when[0]):
+            return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad time")
+        if device_id is not None and not (isinstance(device_id, str) and _encodable(device_id)):
+            return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad device id")
+        return self._beacon(zs, beacon_id, device_id, float(when[0]))
 
     def check_beacons_many(
         self, beacon_ids: Sequence[Any], device_ids: Any = None, at: Any = None

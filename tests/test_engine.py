@@ -450,3 +450,16 @@ def test_audit_log_gets_rejections_with_hashed_devices_only(tmp_path: Path) -> N
     assert records[0]["device"] == e._hasher.key("ifa-AUDIT-1").hex()
     assert records[2]["device"] == e._hasher.key("ifa-AUDIT-4").hex()
     assert "ifa-AUDIT" not in text and "47.61" not in text and "122.33" not in text
+
+
+def test_rejected_beacon_input_reaches_the_audit_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "audit.jsonl"
+    audit = AuditLog(log_path, flush_interval_s=0.05)
+    e = small_engine(audit=audit)
+    d = e.check_beacon("f7826da6-4fa2-4e98-8024-bc5b71e0893e:1:7", device_id="ifa-B", rssi="x")
+    assert d.reason is Reason.INVALID_REQUEST
+    audit.close()
+    records = [json.loads(x) for x in log_path.read_text().splitlines() if '"reason"' in x]
+    assert [(r["reason"], r["device"]) for r in records] == [
+        ("invalid_request", e._hasher.key("ifa-B").hex())
+    ]

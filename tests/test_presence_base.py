@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import math
 import random
 import threading
 import time
@@ -10,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geofence.presence import DeviceHasher, MemoryStore, PresenceStore, SQLiteStore
 
@@ -147,3 +152,45 @@ def test_hasher_is_keyed_and_stable() -> None:
     assert h1.keys(["a", "b"]) == [h1.key("a"), h1.key("b")]
     with pytest.raises(ValueError, match="16 bytes"):
         DeviceHasher(b"short")
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=st.binary(min_size=16, max_size=200), device_ids=st.lists(st.text(max_size=300)))
+def test_hasher_matches_the_standard_hmac(secret: bytes, device_ids: list[str]) -> None:
+    """Keys from the precomputed pad states are byte for byte `hmac`'s, so stores stay readable.
+
+    Secrets longer than a SHA-256 block (64 bytes) are hashed first, as RFC 2104 says.
+    """
+    h = DeviceHasher(secret)
+    expected = [hmac.new(secret, d.encode("utf-8"), hashlib.sha256).digest() for d in device_ids]
+    assert h.keys(device_ids) == expected
+    assert [h.key(d) for d in device_ids] == expected
+
+
+@pytest.mark.parametrize(
+    ("t", "e"), [(0.0, math.inf), (0.0, math.nan), (math.nan, 60.0), (math.inf, 60.0)]
+)
+def test_non_finite_records_are_refused_whole(
+    store: PresenceStore, hasher: DeviceHasher, t: float, e: float
+) -> None:
+    """ValueError, not PresenceUnavailable (it is no outage), and nothing of the batch written."""
+    now = time.time()
+    good, bad = hasher.keys(["ifa-good", "ifa-bad"])
+    with pytest.raises(ValueError, match="not a finite number"):
+        store.record_many(*batch([(good, 1, now, now + 60), (bad, 2, now + t, now + e)]))
+    assert store.latest_many([good, bad]) == [{}, {}]
+
+
+def test_latest_found_lists_only_keys_with_records(
+    store: PresenceStore, hasher: DeviceHasher
+) -> None:
+    now = time.time()
+    keys = hasher.keys([f"ifa-found-{i}" for i in range(30)])
+    store.record_many(*batch([(k, i % 17, now - i, now + 60) for i, k in enumerate(keys[::4])]))
+    store.record(keys[1], 3, now, now + 0.2)  # expires before the read below
+    time.sleep(0.4)
+    asked = [*keys, keys[0]]  # a key twice: both positions answered
+    expected = {i: {(i // 4) % 17: now - i // 4} for i in range(0, 30, 4)} | {30: {0: now}}
+    assert store.latest_found(asked) == expected
+    assert store.latest_many(asked) == [expected.get(i, {}) for i in range(len(asked))]
+    assert store.latest_found([]) == {}

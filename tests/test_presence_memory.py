@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,3 +148,39 @@ def test_nothing_stored_reveals_a_device_id_or_a_place() -> None:
     for value in [*DEVICE_IDS, "ifa-SECRET", *COORDINATES]:
         assert value.encode() not in blob
         assert value.encode("utf-16-le") not in blob
+
+
+def test_a_subclass_that_wraps_latest_many_sees_every_read() -> None:
+    """The store's own shortcuts (`latest`, `latest_found`) must not bypass a wrapper's reads.
+
+    Tests inject faults this way, and a metrics wrapper would too.
+    """
+    seen: list[int] = []
+
+    class Wrapped(MemoryStore):
+        def latest_many(self, keys: Any) -> Any:
+            seen.append(len(keys))
+            return super().latest_many(keys)
+
+    store = Wrapped()
+    k = DeviceHasher(SECRET).key("ifa-1")
+    now = time.time()
+    store.record(k, 2, now, now + 60)
+    assert store.latest(k) == {2: now}
+    assert store.latest_found([b"x" * 32, k]) == {1: {2: now}}
+    assert seen == [1, 2]
+    # The plain store keeps its shortcuts.
+    assert MemoryStore.latest is not Wrapped.latest
+
+
+def test_single_lookup_skips_expired_records(clock: Clock) -> None:
+    store = MemoryStore()
+    k = DeviceHasher(SECRET).key("ifa-1")
+    record(store, k, 1, clock.now, clock.now + 10)
+    record(store, k, 2, clock.now, clock.now + 100)
+    assert store.latest(k) == {1: clock.now, 2: clock.now}
+    clock.now += 50
+    assert store.latest(k) == {2: clock.now - 50}
+    assert store.latest_found([k]) == {0: {2: clock.now - 50}}
+    clock.now += 100
+    assert store.latest(k) == {} and store.latest_found([k]) == {}

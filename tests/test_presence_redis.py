@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ from redis_server import RedisServer, free_port
 
 from geofence.errors import PresenceUnavailable
 from geofence.presence import DeviceHasher
-from geofence.presence.redis import RedisStore
+from geofence.presence.redis import CHUNK, MAX_EXPIRY_MS, RedisStore
 
 SECRET = b"0123456789abcdef-test-secret"
 DEVICE_IDS = [f"ifa-SECRET-{i}" for i in range(50)]
@@ -90,38 +91,119 @@ def test_expiry_removes_the_hash(store: RedisStore, client: redis.Redis) -> None
 
 
 class RoundTrips:
-    """Counts writes to Redis sockets: a pipeline sends all its commands in one write."""
+    """Counts round trips on Redis connections, as the client library sends and reads them.
+
+    A round trip starts with a send that follows a reply (or comes first): commands sent before
+    any reply is read travel together, however many send calls carry them, while a client that
+    waits for a reply between two sends makes two trips.
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        original = redis.connection.AbstractConnection.send_packed_command
+        self._replied = True
+        conn_class = redis.connection.AbstractConnection
+        send, read = conn_class.send_packed_command, conn_class.read_response
 
-        def counting(conn: Any, command: Any, check_health: bool = True) -> None:
-            self.count += 1
-            original(conn, command, check_health)
+        def counting_send(conn: Any, command: Any, check_health: bool = True) -> None:
+            if self._replied:
+                self.count += 1
+                self._replied = False
+            send(conn, command, check_health)
 
-        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+        def counting_read(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            self._replied = True
+            return read(conn, *args, **kwargs)
+
+        monkeypatch.setattr(conn_class, "send_packed_command", counting_send)
+        monkeypatch.setattr(conn_class, "read_response", counting_read)
+
+
+def test_round_trip_counter_counts_waits(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counter itself: two commands one after the other are two trips, pipelined one."""
+    client.ping()  # connect outside the count
+    trips = RoundTrips(monkeypatch)
+    client.get("a")
+    client.get("b")
+    assert trips.count == 2
+    pipe = client.pipeline(transaction=False)
+    pipe.get("a")
+    pipe.get("b")
+    pipe.execute()
+    assert trips.count == 3
 
 
 def test_one_round_trip_per_batch(
     store: RedisStore, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A batch spanning several script chunks still makes exactly one round trip."""
     h = DeviceHasher(SECRET)
     now = time.time()
-    store.record(h.key("warm-up"), 1, now, now + 60)  # connects and loads the script
-    keys = h.keys([f"ifa-{i}" for i in range(200)])
+    store.record(h.key("warm-up"), 1, now, now + 60)  # connects and loads the scripts
+    n = 2 * CHUNK + CHUNK // 2
+    keys = h.keys([f"ifa-{i}" for i in range(n)])
+    recorded = keys[::3]  # a third have a record, so reads return some devices and skip others
     client.config_resetstat()
     trips = RoundTrips(monkeypatch)
-    store.record_many(*batch_of(keys, 4, now, now + 60))
+    store.record_many(*batch_of(recorded, 4, now, now + 60))
     assert trips.count == 1
-    store.latest_many(keys)
+    found = store.latest_many(keys)
     assert trips.count == 2
+    assert store.latest_found(keys) == {i: {4: now} for i in range(0, n, 3)}
+    assert trips.count == 3
     monkeypatch.undo()
+    assert found == [{4: now} if i % 3 == 0 else {} for i in range(n)]
     stats = client.info("commandstats")
-    assert stats["cmdstat_evalsha"]["calls"] == 200  # one script call per device
-    assert stats["cmdstat_hgetall"]["calls"] == 200
+    chunks = -(-len(recorded) // CHUNK) + 2 * -(-n // CHUNK)  # one script call per chunk
+    assert stats["cmdstat_evalsha"]["calls"] == chunks
+    # Scripts' own commands count too: each key read once per read, inside those calls.
+    assert stats["cmdstat_hgetall"]["calls"] == 2 * n
     assert "cmdstat_multi" not in stats and "cmdstat_exec" not in stats  # no transaction
     assert "cmdstat_script|load" not in stats and "cmdstat_script|exists" not in stats
+
+
+def test_reads_match_what_a_plain_client_sees(store: RedisStore, client: redis.Redis) -> None:
+    """The scripted read returns each device's hash exactly, across chunk boundaries."""
+    h = DeviceHasher(SECRET)
+    now = time.time()
+    rng = np.random.default_rng(3)
+    keys = h.keys([f"ifa-{i}" for i in range(CHUNK + 7)])
+    chosen = [k for k in keys if rng.random() < 0.4]
+    cats = rng.integers(0, 17, len(chosen)).astype(np.uint8)
+    times = now - rng.uniform(0, 1e6, len(chosen))
+    store.record_many(chosen, cats, times, np.full(len(chosen), now + 600))
+    plain = []
+    for k in keys:
+        fields: dict[bytes, bytes] = client.hgetall(b"gf:p:" + k.hex().encode())  # type: ignore[assignment]
+        plain.append({int(c): float(t) for c, t in fields.items()})
+    assert store.latest_many(keys) == plain
+    assert sum(1 for p in plain if p) == len(set(chosen))
+
+
+def test_non_finite_records_are_refused_and_nothing_is_written(
+    store: RedisStore, client: redis.Redis
+) -> None:
+    """A NaN or infinite time or expiry is a ValueError (not an outage), before any write."""
+    h = DeviceHasher(SECRET)
+    now = time.time()
+    good, bad = h.keys(["ifa-good", "ifa-bad"])
+    for t, e in ((now, math.inf), (now, math.nan), (math.nan, now + 60), (math.inf, now + 60)):
+        with pytest.raises(ValueError, match="not a finite number"):
+            store.record_many(
+                [good, bad], np.array([1, 2], np.uint8), np.array([now, t]), np.array([now + 60, e])
+            )
+    assert client.keys("*") == []
+
+
+def test_a_far_future_expiry_is_clamped_not_refused(store: RedisStore, client: redis.Redis) -> None:
+    """An absurd but finite expiry is kept as long as Redis can (the record still blocks)."""
+    k = DeviceHasher(SECRET).key("ifa-far")
+    now = time.time()
+    store.record(k, 5, now, 1e300)
+    assert store.latest(k) == {5: now}
+    ttl_ms = client.pttl(b"gf:p:" + k.hex().encode())  # PTTL: PEXPIRETIME needs Redis 7
+    assert abs(now * 1000 + ttl_ms - MAX_EXPIRY_MS) < 60_000
 
 
 def test_lost_script_cache_is_reloaded(store: RedisStore, client: redis.Redis) -> None:
@@ -130,7 +212,8 @@ def test_lost_script_cache_is_reloaded(store: RedisStore, client: redis.Redis) -
     store.record(k, 1, now, now + 60)
     client.script_flush()
     store.record(k, 2, now, now + 60)
-    assert store.latest(k) == {1: now, 2: now}
+    client.script_flush()
+    assert store.latest(k) == {1: now, 2: now}  # the read script is reloaded too
 
 
 def test_foreign_data_fails_closed(store: RedisStore, client: redis.Redis) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+# RFC 2104's pads, as translation tables: key.translate(_IPAD) is K XOR ipad, byte by byte.
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_BLOCK = 64  # SHA-256's block size, and so the HMAC key length
 
 
 class DeviceHasher:
@@ -16,28 +21,45 @@ class DeviceHasher:
 
     The secret makes the hash useless to anyone who reads a store without it (a plain SHA-256 of
     an advertising id is reversible by enumerating ids).
+
+    HMAC(K, m) = H(K^opad || H(K^ipad || m)). The SHA-256 states after the two padded-key blocks
+    are computed once; a key then copies each and absorbs the rest. That gives the bytes
+    `hmac.new(secret, m, sha256).digest()` gives, at about 0.5 us instead of 0.9 in CPython 3.11
+    (`hmac.HMAC.copy` wraps OpenSSL's context copy in Python-level bookkeeping). A numba SHA-256
+    batch was measured too and was no faster: without the CPU's SHA instructions a block costs
+    about 0.3 us, and two blocks are needed per id.
     """
 
-    __slots__ = ("_mac",)
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("presence secret must be at least 16 bytes")
-        self._mac = hmac.new(secret, digestmod=hashlib.sha256)
+        key = hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
 
     def key(self, device_id: str) -> bytes:
         """The 32-byte keyed hash of one device id."""
-        m = self._mac.copy()
-        m.update(device_id.encode("utf-8"))
-        return m.digest()
+        inner = self._inner.copy()
+        inner.update(device_id.encode("utf-8"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def keys(self, device_ids: Sequence[str]) -> list[bytes]:
-        copy = self._mac.copy
-        out = []
+        """`key` of each id, in order (the loop inlined: a call per id would cost 10%)."""
+        inner_copy = self._inner.copy
+        outer_copy = self._outer.copy
+        out: list[bytes] = []
+        append = out.append
         for d in device_ids:
-            m = copy()
-            m.update(d.encode("utf-8"))
-            out.append(m.digest())
+            inner = inner_copy()
+            inner.update(d.encode("utf-8"))
+            outer = outer_copy()
+            outer.update(inner.digest())
+            append(outer.digest())
         return out
 
 
@@ -49,13 +71,26 @@ def record_lists(
 ) -> tuple[list[int], list[float], list[float]]:
     """`record_many`'s arrays as Python lists (much faster per item than NumPy scalars).
 
-    Raises ValueError when the four inputs differ in length.
+    Raises ValueError, before anything is written, when the four inputs differ in length or a
+    time or expiry is not a finite number. Such a record means nothing (a NaN time blocks no one,
+    an infinite expiry never ends), and no backend can keep it faithfully: Redis cannot set the
+    expiry, SQLite turns NaN into NULL, and NaN breaks the memory store's expiry heap. A
+    ValueError is not `PresenceUnavailable`, so the engine drops such records instead of holding
+    them for a retry that could never succeed.
     """
+    ts_a = np.asarray(times, dtype=np.float64)
+    exps_a = np.asarray(expires_at, dtype=np.float64)
     cats = np.asarray(categories).tolist()
-    ts = np.asarray(times, dtype=np.float64).tolist()
-    exps = np.asarray(expires_at, dtype=np.float64).tolist()
+    ts = ts_a.tolist()
+    exps = exps_a.tolist()
     if not (len(keys) == len(cats) == len(ts) == len(exps)):
         raise ValueError("record_many: keys, categories, times and expires_at differ in length")
+    bad = ~(np.isfinite(ts_a) & np.isfinite(exps_a))
+    if bad.any():
+        raise ValueError(
+            f"record_many: {int(bad.sum())} of {len(ts)} records have a time or expiry that is "
+            "not a finite number; nothing was recorded"
+        )
     return cats, ts, exps
 
 
@@ -67,6 +102,21 @@ class PresenceStore(ABC):
     """
 
     url: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Route a subclass's reads through its own `latest_many` when it redefines that alone.
+
+        Backends speed up `latest` and `latest_found` with code of their own; a subclass that
+        wraps `latest_many` (a fault injector, a metrics wrapper) expects every read to pass
+        through it, so the shortcuts it would inherit are replaced by the generic ones.
+        """
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "latest_many" in own:
+            if "latest" not in own:
+                cls.latest = PresenceStore.latest  # type: ignore[method-assign]
+            if "latest_found" not in own:
+                cls.latest_found = PresenceStore.latest_found  # type: ignore[method-assign]
 
     @abstractmethod
     def record_many(
@@ -96,6 +146,14 @@ class PresenceStore(ABC):
 
     def latest(self, key: bytes) -> dict[int, float]:
         return self.latest_many([key])[0]
+
+    def latest_found(self, keys: Sequence[bytes]) -> dict[int, dict[int, float]]:
+        """{position in `keys`: {category code: latest time}} for the keys that have records.
+
+        What the engine reads: most devices have no history, and a store that knows which keys
+        it holds can skip building an empty result for each of the others.
+        """
+        return {i: h for i, h in enumerate(self.latest_many(keys)) if h}
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing to release
         """Release connections and files."""

@@ -102,17 +102,37 @@ class MemoryStore(PresenceStore):
     def latest_many(self, keys: Sequence[bytes]) -> list[dict[int, float]]:
         """For each key, {category code: latest time} of its unexpired records."""
         now = time.time()
-        out: list[dict[int, float]] = []
-        append = out.append
         with self._lock:
-            get = self._data.get
-            for key in keys:
-                records = get(key)
-                if records is None:
-                    append({})
-                else:
-                    append({c: t for c, (t, e) in records.items() if e > now})
-        return out
+            return [
+                {} if records is None else {c: t for c, (t, e) in records.items() if e > now}
+                for records in map(self._data.get, keys)
+            ]
+
+    def latest(self, key: bytes) -> dict[int, float]:
+        """{category code: latest time} of one key's unexpired records."""
+        # A miss, the common case, needs neither the lock nor the clock: one dict lookup is
+        # atomic, and a device recorded or forgotten concurrently may be seen either way.
+        if key not in self._data:
+            return {}
+        now = time.time()
+        with self._lock:  # iterating a device's records races with writers: hold the lock
+            records = self._data.get(key)
+            if records is None:
+                return {}
+            return {c: t for c, (t, e) in records.items() if e > now}
+
+    def latest_found(self, keys: Sequence[bytes]) -> dict[int, dict[int, float]]:
+        """{position: {category code: latest time}} for the keys with unexpired records."""
+        now = time.time()
+        with self._lock:
+            # One C-level pass finds the few stored devices; only they cost Python work.
+            found = [(i, r) for i, r in enumerate(map(self._data.get, keys)) if r is not None]
+            out = {}
+            for i, records in found:
+                history = {c: t for c, (t, e) in records.items() if e > now}
+                if history:
+                    out[i] = history
+            return out
 
     def forget(self, key: bytes) -> None:
         """Erase one device; its heap entries become stale and are skipped when popped."""

@@ -1,0 +1,137 @@
+"""The engine's fast presence paths decide exactly as one request at a time would.
+
+Why: `Engine._history` settles a batch with array work and loops only over devices that have a
+history or presence in the batch, and the single path skips the block computation for devices
+with no history. These tests compare both against the plainest oracle there is: the same
+requests, in time order, one `check_location` each, on a second engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from geofence.engine import Engine
+from geofence.presence import MemoryStore
+from geofence.reasons import Reason
+from geofence.zoneset import ZoneSet
+
+SECRET = "0123456789abcdef-fastpath"
+DAY = 86_400.0
+ZONES = Path(__file__).resolve().parent.parent / "zones"
+M_PER_DEG = 111_320.0
+
+
+@pytest.fixture(scope="module")
+def bundled() -> ZoneSet:
+    return ZoneSet.from_paths(ZONES)
+
+
+def requests(zs: ZoneSet, n: int, devices: int, seed: int) -> dict[str, Any]:
+    """Pings within 400 m of random zones (inside, near and clear), distinct times, few devices.
+
+    Times are distinct so that "at or after" has one meaning in both orders, and lie within
+    the last 20 days, so no record expires by the wall clock while the test runs (the shortest
+    lookback is 30 days).
+    """
+    rng = np.random.default_rng(seed)
+    centre = np.array([z.geometry.centroid.coords[0] for z in zs.zones])
+    pick = rng.integers(0, len(centre), n)
+    lat = centre[pick, 1] + rng.uniform(-400, 400, n) / M_PER_DEG
+    lon = centre[pick, 0] + rng.uniform(-400, 400, n) / (M_PER_DEG * np.cos(np.radians(lat)))
+    now = time.time()
+    at = now - 20 * DAY + np.sort(rng.choice(20 * 86_400_000, n, replace=False)) / 1000.0
+    order = rng.permutation(n)  # the batch holds them shuffled: its answer must not care
+    ids = np.array([f"ifa-fast-{d}" for d in rng.integers(0, devices, n)], dtype=object)
+    acc = rng.choice([5.0, 20.0, 150.0], n)
+    return {"lat": lat[order], "lon": lon[order], "acc": acc[order], "ids": ids[order],
+            "at": at[order]}  # fmt: skip
+
+
+def decided(d: Any) -> tuple[Any, ...]:
+    return (d.allowed, d.reason, d.zone_id, d.category, d.until)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_batch_decides_as_requests_one_at_a_time_in_time_order(
+    bundled: ZoneSet, seed: int
+) -> None:
+    """History from an earlier batch, presence within the batch, several visits per device."""
+    batch_engine = Engine(bundled, presence=MemoryStore(), presence_secret=SECRET)
+    single_engine = Engine(bundled, presence=MemoryStore(), presence_secret=SECRET)
+    earlier = requests(bundled, 300, 40, seed + 100)
+    earlier["at"] -= 2 * DAY  # stored history, before every request below
+    for e in (batch_engine, single_engine):
+        e.observe_many(earlier["ids"], earlier["lat"], earlier["lon"], earlier["acc"],
+                       earlier["at"])  # fmt: skip
+    r = requests(bundled, 600, 60, seed)
+    batch = batch_engine.check_many(r["lat"], r["lon"], r["acc"], r["ids"], r["at"])
+    one_by_one: dict[int, Any] = {}
+    for i in np.argsort(r["at"]).tolist():
+        one_by_one[i] = single_engine.check_location(
+            float(r["lat"][i]), float(r["lon"][i]), float(r["acc"][i]), r["ids"][i],
+            float(r["at"][i]),
+        )  # fmt: skip
+    reasons = set()
+    for i in range(len(r["at"])):
+        assert decided(batch.decision(i)) == decided(one_by_one[i]), f"request {i}"
+        reasons.add(one_by_one[i].reason)
+    # The comparison means something only if the mix has every kind of answer in it.
+    assert {Reason.ALLOWED, Reason.RECENTLY_INSIDE, Reason.INSIDE_ZONE} <= reasons
+    store_a, store_b = batch_engine._store, single_engine._store
+    assert isinstance(store_a, MemoryStore) and isinstance(store_b, MemoryStore)
+    assert store_a.dump() == store_b.dump()  # and both recorded the same presence
+
+
+def test_devices_without_history_are_never_blocked_and_the_store_is_read_once(
+    bundled: ZoneSet,
+) -> None:
+    """A batch with no history and no presence: one read, no write, every request allowed."""
+    calls: list[str] = []
+
+    class Counting(MemoryStore):
+        def latest_many(self, keys: Any) -> Any:
+            calls.append("read")
+            return super().latest_many(keys)
+
+        def record_many(self, *a: Any, **k: Any) -> None:
+            calls.append("write")
+            super().record_many(*a, **k)
+
+    e = Engine(bundled, presence=Counting(), presence_secret=SECRET)
+    n = 50
+    b = e.check_many(np.full(n, 10.0), np.full(n, -30.0), 5.0, [f"d{i % 7}" for i in range(n)])
+    assert b.reasons() == [Reason.ALLOWED] * n
+    assert calls == ["read"]
+
+
+def test_records_the_store_refuses_are_dropped_not_held(
+    bundled: ZoneSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store's ValueError is not an outage: the records are logged and dropped, the engine
+    goes on (holding them would retry, and fail, before every later request)."""
+
+    class Refusing(MemoryStore):
+        refuse = True
+
+        def record_many(self, *a: Any, **k: Any) -> None:
+            if self.refuse:
+                raise ValueError("refused")
+            super().record_many(*a, **k)
+
+    store = Refusing()
+    e = Engine(bundled, presence=store, presence_secret=SECRET)
+    lon, lat = bundled.zones[0].geometry.representative_point().coords[0]
+    with caplog.at_level(logging.ERROR, logger="geofence"):
+        inside = e.check_location(lat=lat, lon=lon, accuracy_m=5.0, device_id="ifa-r")
+    assert inside.reason is Reason.INSIDE_ZONE
+    assert any("refused" in rec.getMessage() for rec in caplog.records)
+    assert len(e._pending) == 0
+    store.refuse = False
+    far = e.check_location(lat=10.0, lon=-30.0, accuracy_m=5.0, device_id="ifa-r")
+    assert far.reason is Reason.ALLOWED and len(store) == 0

@@ -38,6 +38,12 @@ log = logging.getLogger("geofence")
 
 MAX_PENDING = 100_000  # presence records held through a store outage
 MAX_BATCH = 50_000_000  # longer "batches" are one invalid request (a lying __len__, say)
+# How far a request's time may lie after the engine's clock (device clock skew). Later times are
+# invalid_request: a fix cannot be taken in the future, and judging one there lets it outrun
+# every lookback ("recently inside" is long over by then). Ten minutes covers the drift of a
+# device that has missed NTP for months; presence lookbacks are days, so it opens nothing.
+MAX_CLOCK_SKEW_S = 600.0
+MAX_DEVICE_ID = 256  # characters; a longer device id is invalid_request
 WARN_EVERY_S = 10.0
 
 F64 = npt.NDArray[np.float64]
@@ -76,9 +82,10 @@ class Engine:
         presence: str | PresenceStore | None = None,
         presence_secret: bytes | str | None = None,
         audit: AuditLog | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> Engine:
         """Load zone files (and the folder's policy.toml); raise ZoneFileError/PolicyError."""
-        return cls(ZoneSet.from_paths(*paths), presence, presence_secret, audit)
+        return cls(ZoneSet.from_paths(*paths), presence, presence_secret, audit, clock)
 
     @classmethod
     def load(
@@ -87,9 +94,10 @@ class Engine:
         presence: str | PresenceStore | None = None,
         presence_secret: bytes | str | None = None,
         audit: AuditLog | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> Engine:
         """Open a compiled zone set (`geofence compile -o`); raise CompiledFileError if bad."""
-        return cls(compiled.load(path), presence, presence_secret, audit)
+        return cls(compiled.load(path), presence, presence_secret, audit, clock)
 
     def save(self, path: str | Path) -> Path:
         """Write the serving zone set as a compiled, checksummed file."""
@@ -186,27 +194,23 @@ class Engine:
             when = now
         else:
             when_or_none = _finite(at) if type(at) in _NUMBER else None
-            if when_or_none is None:
-                return None
+            earliest, latest = _time_window(zs, now)
+            if when_or_none is None or not earliest <= when_or_none <= latest:
+                return None  # the batch path rejects it
             when = when_or_none
         if device_id is None:
             if rules.no_device_id == "reject":
                 return None
-        elif (
-            type(device_id) is not str
-            or not device_id.strip()
-            or len(device_id) > 256
-            or not _encodable(device_id)
-        ):
-            return None
-        loc = zs.index.locate(
-            np.array([float(lon)]), np.array([float(lat)]), np.array([acc]), np.array([when])
-        )
-        if loc.kind[0] != KIND_CLEAR:
+        elif type(device_id) is not str or not _valid_device_id(device_id):
+            return None  # blank (no id) or malformed: the batch path decides
+        found = zs.index.locate_one(float(lon), float(lat), acc)
+        if found is None:
+            return None  # the exact index's case: the batch path, which knows the time
+        kind, z = found
+        if kind != KIND_CLEAR:
             if device_id is not None:
                 return None
-            z = int(loc.zone[0])
-            reason = Reason.INSIDE_ZONE if loc.kind[0] == KIND_INSIDE else Reason.NEAR_ZONE
+            reason = Reason.INSIDE_ZONE if kind == KIND_INSIDE else Reason.NEAR_ZONE
             return Decision(
                 False, reason, zs.version, zs.ids[z], Category.from_code(int(zs.category[z]))
             )
@@ -218,6 +222,8 @@ class Engine:
             except PresenceUnavailable:
                 self._warn("presence store unavailable: failing closed")
                 return Decision(False, Reason.STATE_UNAVAILABLE, zs.version)
+            if not history:  # most devices: no history, nothing to compute
+                return _ALLOWED.get(zs.version) or _allowed(zs.version)
             end, cat = _block_end(history, zs.lookback_s)
             if when < end:
                 return Decision(
@@ -295,8 +301,33 @@ class Engine:
                 Decision(False, Reason.INVALID_REQUEST, zs.version, detail=str(exc)[:200]),
                 None,
             )
+        # lastfix is a non-negative age, so `at` is never after `now`; a huge one is refused
+        # here, with the field named, since a fix older than every lookback says nothing of where
+        # the device is now and leaves no presence. _batch checks the window again anyway.
         at = now - bid.fix_age_s
-        device = None if bid.lmt else bid.device_id
+        fault = _time_fault(zs, at, now) if bid.lat is not None and bid.lon is not None else None
+        if fault is not None:
+            return (
+                Decision(
+                    False, Reason.INVALID_REQUEST, zs.version, detail=f"device.geo.lastfix: {fault}"
+                ),
+                None,
+            )
+        device, bad_device = _device_id(bid.device_id)
+        if bad_device:
+            # Refused whatever lmt says, as the parser refuses an ifa of the wrong type; and
+            # here, once, rather than separately by the location and the beacon paths.
+            return (
+                Decision(
+                    False,
+                    Reason.INVALID_REQUEST,
+                    zs.version,
+                    detail=f"device.ifa is over {MAX_DEVICE_ID} characters or not valid UTF-8",
+                ),
+                None,
+            )
+        if bid.lmt:
+            device = None  # the user limited ad tracking: no presence read or written
         decisions: list[Decision] = []
         if bid.lat is not None and bid.lon is not None:
             source = bid.source if bid.source in SOURCES else "unknown"
@@ -314,7 +345,7 @@ class Engine:
             )
         for sighting in bid.beacons:
             # lastfix dates the GPS fix only: a beacon in the request was heard now.
-            d = self._beacon(zs, sighting.beacon_id, device, now)
+            d = self._beacon(zs, sighting.beacon_id, device, now, now)
             if d.reason is not Reason.NO_LOCATION:  # an ignored (decommissioned) beacon
                 decisions.append(d)
         if not decisions:
@@ -353,9 +384,10 @@ class Engine:
         when, bad = _floats([at], 1, missing=now)
         if bad[0] or not math.isfinite(when[0]):
             return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad time")
-        if device_id is not None and not (isinstance(device_id, str) and _encodable(device_id)):
+        device, bad_device = _device_id(device_id)
+        if bad_device:
             return Decision(False, Reason.INVALID_REQUEST, zs.version, detail="bad device id")
-        return self._beacon(zs, beacon_id, device_id, float(when[0]))
+        return self._beacon(zs, beacon_id, device, float(when[0]), now)
 
     def check_beacons_many(
         self, beacon_ids: Sequence[Any], device_ids: Any = None, at: Any = None
@@ -386,7 +418,13 @@ class Engine:
             ]
         return [self.check_beacon(b, d, t) for b, d, t in zip(ids, devices, times, strict=True)]
 
-    def _beacon(self, zs: ZoneSet, beacon_id: Any, device_id: str | None, at: float) -> Decision:
+    def _beacon(
+        self, zs: ZoneSet, beacon_id: Any, device_id: str | None, at: float, now: float
+    ) -> Decision:
+        """One beacon sighting heard at `at` by a (validated) device; `now` is the clock."""
+        fault = _time_fault(zs, at, now)
+        if fault is not None:
+            return Decision(False, Reason.INVALID_REQUEST, zs.version, detail=fault)
         rules = zs.policy.beacons
         try:
             normalized = normalize_beacon_id(beacon_id) if isinstance(beacon_id, str) else None
@@ -536,14 +574,34 @@ class Engine:
         Losing them would fail open: a device seen inside a zone during an outage would be
         allowed again, before its lookback ends, as soon as the store recovers.
         """
-        with self._pending_lock:
-            self._pending.extend(
-                zip(keys, cats.tolist(), times.tolist(), expires.tolist(), strict=True)
-            )
-        self._flush_pending()
+        if self._pending:
+            with self._pending_lock:
+                self._pending.extend(
+                    zip(keys, cats.tolist(), times.tolist(), expires.tolist(), strict=True)
+                )
+            self._flush_pending()
+            return
+        # Nothing held back: write straight through, and queue the records only if the store
+        # is down (the detour through the queue cost a tuple and four lists per record).
+        try:
+            self._store.record_many(keys, cats, times, expires)
+        except PresenceUnavailable:
+            with self._pending_lock:
+                self._pending.extend(
+                    zip(keys, cats.tolist(), times.tolist(), expires.tolist(), strict=True)
+                )
+                count = len(self._pending)
+            self._warn(f"presence store unavailable: {count} presence records held")
+        except Exception:
+            # As in _flush_pending: records the store refuses can never be written.
+            log.exception("dropping %d presence records the store refused", len(keys))
 
     def _flush_pending(self) -> None:
         """Write presence records held back by an outage; they stay held if it goes on."""
+        # Checked before the lock: this runs before every presence read, and the queue is
+        # almost always empty. A record queued concurrently is flushed by the thread queueing it.
+        if not self._pending:
+            return
         with self._pending_lock:
             if not self._pending:
                 return
@@ -630,6 +688,8 @@ class Engine:
         now = self._clock()
         at_a, bad_at = _floats(at, n, missing=now)
         bad |= bad_lon | bad_acc | bad_at
+        earliest, latest = _time_window(zs, now)
+        bad |= ~((at_a >= earliest) & (at_a <= latest))  # older than every lookback, or future
         bad |= ~(np.abs(lat_a) <= 90.0) | ~(np.abs(lon_a) <= 180.0) | ~np.isfinite(at_a)
         given_acc = ~_missing_mask(accuracy_m, n)
         bad |= given_acc & ~((acc_a >= 0.0) & np.isfinite(acc_a))
@@ -718,14 +778,22 @@ class Engine:
         until: F64,
         record: bool,
     ) -> None:
-        """Apply and update the presence memory for requests that carry a device id."""
-        # Each distinct device is hashed once (a batch often holds a device many times).
-        id_list = [ids[i] or "" for i in has_id.tolist()]
+        """Apply and update the presence memory for requests that carry a device id.
+
+        Per request, the block that applies ends at the latest of: the stored history's block
+        end, and the end of every presence this batch records for the same device at or before
+        the request's time. Python touches only devices that have one of those; the rest is
+        array work over the batch.
+        """
+        # Each distinct device is hashed and read once (a batch often holds a device many
+        # times): dev[j] is the distinct device of request has_id[j]. map() over C-level
+        # methods keeps the per-request passes out of the interpreter loop.
+        # has_id holds only requests whose id is a str, hence the narrowing.
+        id_list: list[str] = list(map(ids.__getitem__, has_id.tolist()))  # type: ignore[arg-type]
         distinct = list(dict.fromkeys(id_list))
-        key_by_id = dict(zip(distinct, self._hasher.keys(distinct), strict=True))
-        keys = [key_by_id[d] for d in id_list]
-        distinct_keys = [key_by_id[d] for d in distinct]
-        key_of = dict(zip(has_id.tolist(), keys, strict=True))
+        position = dict(zip(distinct, range(len(distinct)), strict=True))
+        dev = np.fromiter(map(position.__getitem__, id_list), dtype=np.intp, count=len(id_list))
+        keys = self._hasher.keys(distinct)
         # Presence seen in this batch: (request, category, time, end of its lookback).
         pres_req = ok[present_point]
         with_id = ~no_id[pres_req]
@@ -733,43 +801,66 @@ class Engine:
         pres_cat = zs.category[pres_zone]
         pres_t = at[pres_req]
         pres_end = pres_t + zs.lookback_s[pres_cat]
+        dev_of_request = np.full(len(at), -1, dtype=np.intp)
+        dev_of_request[has_id] = dev
+        pres_dev = dev_of_request[pres_req]
         try:
             self._flush_pending()
-            history = self._store.latest_many(distinct_keys)
+            found = self._store.latest_found(keys)
         except PresenceUnavailable:
             self._warn(f"presence store unavailable: failing closed for {len(has_id)} requests")
             undecided = has_id[reason[has_id] == _R[Reason.ALLOWED]]
             reason[undecided] = _R[Reason.STATE_UNAVAILABLE]
-            history = None
-        if history is not None:
-            # Only devices with a history, or with presence in this batch, can be blocked.
-            by_key = {k: h for k, h in zip(distinct_keys, history, strict=True) if h}
-            # Presence recorded in this batch counts for the same device's requests at or after it.
-            batch_events: dict[bytes, list[tuple[float, float, int]]] = {}
-            for r, c, t, e in zip(
-                pres_req.tolist(),
-                pres_cat.tolist(),
-                pres_t.tolist(),
-                pres_end.tolist(),
-                strict=True,
-            ):
-                batch_events.setdefault(key_of[r], []).append((t, e, c))
+            found = None
+        # Only devices with a stored history, or with presence in this batch, can be blocked.
+        if found is not None and (found or len(pres_req)):
             lookback = zs.lookback_s
-            at_of = at.tolist()
-            for i, key in zip(has_id.tolist(), keys, strict=True):
-                if key not in by_key and key not in batch_events:
-                    continue
-                best_end, best_cat = _block_end(by_key.get(key, {}), lookback)
-                for t, end, c in batch_events.get(key, ()):
-                    if t <= at_of[i] and end > best_end:
-                        best_end, best_cat = end, c
-                if at_of[i] < best_end and reason[i] == _R[Reason.ALLOWED]:
-                    reason[i] = _R[Reason.RECENTLY_INSIDE]
-                    category[i] = best_cat
-                    until[i] = best_end
+            dev_end = np.full(len(distinct), -np.inf)
+            dev_cat = np.full(len(distinct), -1, dtype=np.int64)
+            for d, history in found.items():
+                dev_end[d], dev_cat[d] = _block_end(history, lookback)
+            req_end = dev_end[dev]
+            req_cat = dev_cat[dev]
+            req_at = at[has_id]
+            if len(pres_req):
+                # Presence recorded in this batch counts for the same device's requests at or
+                # after it. Few requests share a device with one, so a loop over them is cheap;
+                # events stay in batch order and replace only a strictly later end (ties keep the
+                # stored history's category, then the first event's), as one request at a time.
+                events: dict[int, list[tuple[float, float, int]]] = {}
+                for d, t, e, c in zip(
+                    pres_dev.tolist(),
+                    pres_t.tolist(),
+                    pres_end.tolist(),
+                    pres_cat.tolist(),
+                    strict=True,
+                ):
+                    events.setdefault(d, []).append((t, e, c))
+                has_events = np.zeros(len(distinct), dtype=bool)
+                has_events[pres_dev] = True
+                rows = np.flatnonzero(has_events[dev])
+                for j, d, when, stored_end, stored_cat in zip(
+                    rows.tolist(),
+                    dev[rows].tolist(),
+                    req_at[rows].tolist(),
+                    req_end[rows].tolist(),
+                    req_cat[rows].tolist(),
+                    strict=True,
+                ):
+                    best_end, best_cat = stored_end, stored_cat
+                    for t, e, c in events[d]:
+                        if t <= when and e > best_end:
+                            best_end, best_cat = e, c
+                    req_end[j] = best_end
+                    req_cat[j] = best_cat
+            blocked = (req_at < req_end) & (reason[has_id] == _R[Reason.ALLOWED])
+            hit = has_id[blocked]
+            reason[hit] = _R[Reason.RECENTLY_INSIDE]
+            category[hit] = req_cat[blocked]
+            until[hit] = req_end[blocked]
         if record and len(pres_req):
             self._write_presence(
-                [key_of[r] for r in pres_req.tolist()],
+                [keys[d] for d in pres_dev.tolist()],
                 pres_cat.astype(np.uint8),
                 pres_t.astype(np.float64),
                 # Kept until the longest lookback of any category ends, so a policy that
@@ -792,6 +883,50 @@ def _allowed(version: str) -> Decision:
     return decision
 
 
+# The longest lookback of each policy in use, by id(policy). Policy.max_lookback_s takes the
+# maximum over every category on each call (about 1 us, a tenth of a single request); the entry
+# holds the policy itself, so its id cannot be reused by another while cached.
+_MAX_LOOKBACK: dict[int, tuple[object, float]] = {}
+
+
+def _max_lookback_s(zs: ZoneSet) -> float:
+    """zs.policy.max_lookback_s, computed once per policy object."""
+    policy = zs.policy
+    entry = _MAX_LOOKBACK.get(id(policy))
+    if entry is not None and entry[0] is policy:
+        return entry[1]
+    value = float(policy.max_lookback_s)
+    if len(_MAX_LOOKBACK) > 64:
+        _MAX_LOOKBACK.clear()
+    _MAX_LOOKBACK[id(policy)] = (policy, value)
+    return value
+
+
+def _time_window(zs: ZoneSet, now: float) -> tuple[float, float]:
+    """The request times accepted when the engine's clock reads `now`: (earliest, latest).
+
+    Both bounds are inclusive. Before the policy's longest lookback, a fix would record presence
+    that has already expired, judge temporary zones at a moment long gone, and say nothing of
+    where the device is now (a clock reading 1970, a huge OpenRTB lastfix). After
+    MAX_CLOCK_SKEW_S, it would outrun every lookback. Either way the request is invalid_request.
+    """
+    return now - _max_lookback_s(zs), now + MAX_CLOCK_SKEW_S
+
+
+def _time_fault(zs: ZoneSet, at: float, now: float) -> str | None:
+    """Why the time `at` is outside the accepted window (the detail of its rejection); None if
+    it is inside. NaN is outside."""
+    earliest, latest = _time_window(zs, now)
+    if at > latest:
+        return f"time is more than {MAX_CLOCK_SKEW_S:.0f} s after the engine's clock"
+    if not at >= earliest:
+        return (
+            f"time is more than {now - earliest:.0f} s before the engine's clock "
+            "(the policy's longest lookback)"
+        )
+    return None
+
+
 def _finite(value: Any) -> float | None:
     """`value` as a finite float, or None (NaN, infinities, ints too large for a float)."""
     try:
@@ -812,9 +947,8 @@ def _encodable(text: str) -> bool:
 
 def _audit_key(hasher: DeviceHasher, device_id: Any) -> bytes | None:
     """The presence key of a usable device id, for the audit log; None otherwise."""
-    if type(device_id) is str and device_id.strip() and len(device_id) <= 256:
-        return hasher.key(device_id) if _encodable(device_id) else None
-    return None
+    # str(): a NumPy str_ element (from an array of ids) is keyed as the decision path keys it.
+    return hasher.key(str(device_id)) if _valid_device_id(device_id) else None
 
 
 def _block_end(history: dict[int, float], lookback_s: F64) -> tuple[float, int]:
@@ -845,10 +979,16 @@ def _guess_len(values: Any) -> int:
 
 
 def _missing_mask(values: Any, n: int) -> npt.NDArray[np.bool_]:
+    """Which of n values are missing: None, or masked in a NumPy masked array."""
     if values is None:
         return np.ones(n, dtype=bool)
+    if isinstance(values, np.ma.MaskedArray):
+        masked = np.ma.getmaskarray(values)
+        if masked.ndim == 0:
+            return np.full(n, bool(masked))
+        return masked.copy() if masked.shape == (n,) else np.zeros(n, dtype=bool)
     if isinstance(values, list | tuple) and len(values) == n:
-        return np.array([v is None for v in values], dtype=bool)
+        return np.array([v is None or v is np.ma.masked for v in values], dtype=bool)
     return np.zeros(n, dtype=bool)
 
 
@@ -857,6 +997,17 @@ def _floats(values: Any, n: int, missing: float = np.nan) -> tuple[F64, npt.NDAr
     bad = np.zeros(n, dtype=bool)
     if values is None:
         return np.full(n, missing, dtype=np.float64), bad
+    if isinstance(values, np.ma.MaskedArray):
+        # A masked entry is missing, whatever data lies under the mask (often a fill value or
+        # a stale reading): it must not be judged as if it were a real coordinate or accuracy.
+        masked = np.ma.getmaskarray(values)
+        out, bad = _floats(np.ma.getdata(values), n, missing)
+        if masked.ndim == 0:
+            masked = np.full(n, bool(masked))
+        if masked.shape == (n,):
+            out = np.where(masked, missing, out)
+            bad &= ~masked
+        return out, bad
     if isinstance(values, np.ndarray):
         if values.ndim == 0:
             values = values.reshape(1) if n == 1 else np.full(n, values.item())
@@ -877,7 +1028,7 @@ def _floats(values: Any, n: int, missing: float = np.nan) -> tuple[F64, npt.NDAr
         return np.full(n, np.nan), np.ones(n, dtype=bool)
     out = np.empty(n, dtype=np.float64)
     for i, v in enumerate(values):
-        if v is None:
+        if v is None or v is np.ma.masked:
             out[i] = missing
         elif isinstance(v, bool | np.timedelta64) or not isinstance(
             v, int | float | np.integer | np.floating
@@ -921,14 +1072,33 @@ def _device_ids(device_ids: Any, n: int) -> tuple[list[str | None], npt.NDArray[
         return [None] * n, np.ones(n, dtype=bool)
     out: list[str | None] = []
     for i, d in enumerate(device_ids):
-        if d is None or (isinstance(d, str) and not d.strip()):
-            out.append(None)
-        elif isinstance(d, str) and len(d) <= 256 and _encodable(d):
-            out.append(d)
-        else:
-            out.append(None)
-            bad[i] = True
+        device, bad[i] = _device_id(d)
+        out.append(device)
     return out, bad
+
+
+def _valid_device_id(value: Any) -> bool:
+    """Whether `value` is a usable device id: non-blank text of at most MAX_DEVICE_ID
+    characters that is valid UTF-8 (it is hashed as such)."""
+    return (
+        isinstance(value, str)
+        and bool(value.strip())
+        and len(value) <= MAX_DEVICE_ID
+        and _encodable(value)
+    )
+
+
+def _device_id(value: Any) -> tuple[str | None, bool]:
+    """One device id: (the id, or None for no id; whether it is malformed).
+
+    None and blank text mean "no id" (judged on location alone, as the policy says); anything
+    else that is not a valid id is malformed, and its request invalid_request.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, False
+    if _valid_device_id(value):
+        return str(value), False  # str(): a NumPy str_ element becomes a plain str
+    return None, True
 
 
 def _uniform(zs: ZoneSet, n: int, reason: Reason) -> BatchDecision:

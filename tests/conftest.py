@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,42 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (present in CI only)")
     return SHARED_DATA
+
+
+# ---- time: a clock tests move by hand ---------------------------------------------------------
+
+
+class FakeClock:
+    """A clock for `Engine(clock=...)` that moves only when a test moves it.
+
+    The engine rejects request times more than MAX_CLOCK_SKEW_S after its clock, so a test
+    that simulates days passing moves this clock first, and the request stays in the present.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        """Move forward by `seconds`; return the new time."""
+        if seconds < 0:
+            raise ValueError("a FakeClock only moves forward")
+        self.now += seconds
+        return self.now
+
+    def to(self, when: float) -> float:
+        """Move forward to `when` (staying put if it is not later); return the new time."""
+        self.now = max(self.now, float(when))
+        return self.now
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A FakeClock at the current second (presence stores expire records by the wall clock,
+    so simulated times start from the real present)."""
+    return FakeClock(float(int(time.time())))
 
 
 # ---- presence: a shared redis-server (tests/redis_server.py) --------------------------------

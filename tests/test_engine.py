@@ -15,12 +15,13 @@ import numpy as np
 import pyproj
 import pytest
 import shapely
-from conftest import BUNDLED_ZONES
+from conftest import BUNDLED_ZONES, FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofence import Category, CompiledFileError, Engine, Reason, ZoneFileError
 from geofence.audit import AuditLog
+from geofence.engine import MAX_CLOCK_SKEW_S, MAX_DEVICE_ID
 from geofence.errors import PresenceUnavailable
 from geofence.policy import load_policy_text
 from geofence.presence.memory import MemoryStore
@@ -99,12 +100,13 @@ def test_missing_accuracy_and_ip_follow_the_policy() -> None:
     assert huge.reason is Reason.IMPRECISE_LOCATION
 
 
-def test_temporary_zone_through_the_engine() -> None:
-    e = small_engine()
+def test_temporary_zone_through_the_engine(fake_clock: FakeClock) -> None:
+    e = small_engine(clock=fake_clock)
     args = {"lat": 47.6005, "lon": -122.4995, "accuracy_m": 5.0}
     assert e.check_location(**args, at=T0 - 1).reason is Reason.ALLOWED
     during = e.check_location(**args, at=T0 + 60)
     assert (during.reason, during.zone_id) == (Reason.INSIDE_ZONE, "rally")
+    fake_clock.to(T0 + 3 * 3600)
     assert e.check_location(**args, at=T0 + 3 * 3600).reason is Reason.ALLOWED
 
 
@@ -143,6 +145,7 @@ def test_internal_error_is_a_rejection(engine: Engine, monkeypatch: pytest.Monke
         raise RuntimeError("bug")
 
     monkeypatch.setattr(e.zone_set.index, "locate", boom)
+    monkeypatch.setattr(e.zone_set.index, "locate_one", boom)  # the single-request path
     d = e.check_location(lat=1.0, lon=1.0, accuracy_m=1.0)
     assert (d.allowed, d.reason) == (False, Reason.INTERNAL_ERROR)
     b = e.check_many(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
@@ -218,17 +221,296 @@ def test_check_many_flags_bad_elements_and_shapes(engine: Engine) -> None:
     assert engine.check_many([], []).allowed.shape == (0,)
 
 
+def test_masked_entries_are_missing_not_their_data() -> None:
+    """A masked lat or lon is invalid_request and a masked accuracy or time is a missing one,
+    whatever data lies under the mask (here values that would be allowed if read)."""
+    e = small_engine()
+    # 700 m east of the clinic (30 m radius + 609.6 m buffer): clear at 5 m, near at the
+    # 1,000 m that a missing accuracy assumes.
+    lon, lat, _ = pyproj.Geod(ellps="WGS84").fwd(-122.33, 47.61, 90.0, 700.0)
+    plain = e.check_many(np.full(3, lat), np.full(3, lon), np.full(3, 5.0))
+    assert plain.reasons() == [Reason.ALLOWED] * 3
+    lats = np.ma.masked_array(np.full(3, lat), mask=[False, True, False])
+    lons = np.ma.masked_array(np.full(3, lon), mask=[False, False, True])
+    assert e.check_many(lats, lons, np.full(3, 5.0)).reasons() == [
+        Reason.ALLOWED,
+        Reason.INVALID_REQUEST,
+        Reason.INVALID_REQUEST,
+    ]
+    acc = np.ma.masked_array(np.full(3, 5.0), mask=[False, True, False])
+    assert e.check_many(np.full(3, lat), np.full(3, lon), acc).reasons() == [
+        Reason.ALLOWED,
+        Reason.NEAR_ZONE,
+        Reason.ALLOWED,
+    ]
+    assert e.check_many([lat], [lon], [np.ma.masked]).reasons() == [Reason.NEAR_ZONE]
+    strict = small_engine('pack = "us-strictest"\n[requests]\nmissing_accuracy_m = "reject"\n')
+    assert strict.check_many(np.full(3, lat), np.full(3, lon), acc).reasons() == [
+        Reason.ALLOWED,
+        Reason.IMPRECISE_LOCATION,
+        Reason.ALLOWED,
+    ]
+    everything = np.ma.masked_array(np.full(2, lat), mask=True)
+    assert e.check_many(everything, np.full(2, lon), 5.0).reasons() == [Reason.INVALID_REQUEST] * 2
+    # A masked time is "now", even over a time far in the future.
+    at = np.ma.masked_array([T0, T0 + 1e9], mask=[False, True])
+    assert (
+        e.check_many(np.full(2, lat), np.full(2, lon), 5.0, at=at).reasons() == [Reason.ALLOWED] * 2
+    )
+
+
+# --- request times: from the clock minus the longest lookback to the clock plus the skew -------
+
+FAR_AWAY = {"lat": 40.0, "lon": -100.0, "accuracy_m": 5.0}
+LOCATION_CALLS = ["check_location", "observe", "check_many", "observe_many"]
+
+
+def decide_far_away(e: Engine, call: str, device: str | None, at: float) -> Reason:
+    """The reason one location entry point gives a request far from every zone at `at`."""
+    lat, lon, acc = FAR_AWAY["lat"], FAR_AWAY["lon"], FAR_AWAY["accuracy_m"]
+    if call == "check_location":
+        return e.check_location(lat, lon, acc, device, at).reason
+    if call == "observe":
+        return e.observe(device, lat, lon, acc, at).reason
+    ids = None if device is None else [device]
+    if call == "check_many":
+        return e.check_many([lat], [lon], [acc], ids, [at]).reasons()[0]
+    b = e.observe_many(ids, np.array([lat]), np.array([lon]), acc, np.array([at]))
+    return b.reasons()[0]
+
+
+def test_the_skew_allowance_is_a_few_minutes() -> None:
+    """Long enough for a device clock that drifts, far shorter than any lookback (days)."""
+    assert 60.0 <= MAX_CLOCK_SKEW_S <= 3600.0
+
+
+@pytest.mark.parametrize("device", [None, "ifa-late"])
+@pytest.mark.parametrize("call", LOCATION_CALLS)
+def test_a_time_after_the_clock_plus_the_skew_is_invalid_request(
+    fake_clock: FakeClock, call: str, device: str | None
+) -> None:
+    e = small_engine(clock=fake_clock)
+    edge, late = fake_clock.now + MAX_CLOCK_SKEW_S, fake_clock.now + MAX_CLOCK_SKEW_S + 1.0
+
+    def decide(at: float) -> Reason:
+        return decide_far_away(e, call, device, at)
+
+    assert decide(late) is Reason.INVALID_REQUEST
+    assert decide(fake_clock.now + 1e12) is Reason.INVALID_REQUEST
+    assert decide(edge) is Reason.ALLOWED  # within the allowance: a device clock running fast
+    assert decide(fake_clock.now - 30 * DAY) is Reason.ALLOWED
+    fake_clock.advance(1.0)  # the bound follows the engine's clock
+    assert decide(late) is Reason.ALLOWED
+
+
+@pytest.mark.parametrize("device", [None, "ifa-old"])
+@pytest.mark.parametrize("call", LOCATION_CALLS)
+def test_a_time_older_than_the_longest_lookback_is_invalid_request(
+    fake_clock: FakeClock, call: str, device: str | None
+) -> None:
+    """A time before the clock minus the policy's longest lookback is refused; one at the bound
+    is judged.
+
+    Judged, such a fix would record presence that has already expired (a clinic visit leaving no
+    trace), judge temporary zones at a moment long gone, and say nothing of where the device is.
+    """
+    e = small_engine(clock=fake_clock)
+    lookback = e.zone_set.policy.max_lookback_s
+    assert lookback == 60 * DAY  # us-strictest: the health categories' 60 days
+    earliest = fake_clock.now - lookback
+
+    def decide(at: float) -> Reason:
+        return decide_far_away(e, call, device, at)
+
+    assert decide(earliest - 1.0) is Reason.INVALID_REQUEST
+    assert decide(0.0) is Reason.INVALID_REQUEST  # a device clock reading 1970
+    assert decide(-1e300) is Reason.INVALID_REQUEST
+    assert decide(earliest) is Reason.ALLOWED
+    assert decide(earliest + 1.0) is Reason.ALLOWED
+    fake_clock.advance(1.0)  # the bound follows the engine's clock
+    assert decide(earliest) is Reason.INVALID_REQUEST
+
+
+def test_the_window_follows_the_policy_s_longest_lookback(fake_clock: FakeClock) -> None:
+    """The past bound is the policy's longest lookback, not a fixed 60 days.
+
+    A policy that lengthens a lookback keeps presence that long, so fixes that old still count.
+    """
+    e = small_engine('pack = "us-strictest"\n[defaults]\nlookback_days = 400\n', clock=fake_clock)
+    assert e.zone_set.policy.max_lookback_s == 400 * DAY
+    now = fake_clock.now
+    assert decide_far_away(e, "check_location", None, now - 399 * DAY) is Reason.ALLOWED
+    assert decide_far_away(e, "check_many", None, now - 399 * DAY) is Reason.ALLOWED
+    assert decide_far_away(e, "check_location", None, now - 401 * DAY) is Reason.INVALID_REQUEST
+    assert decide_far_away(e, "check_many", None, now - 401 * DAY) is Reason.INVALID_REQUEST
+
+
+def test_a_batch_rejects_only_its_elements_outside_the_window(fake_clock: FakeClock) -> None:
+    e = small_engine(clock=fake_clock)
+    now = fake_clock.now
+    at = np.array([now - 60 * DAY, now - 60 * DAY - 1, 0.0, -np.inf, now - DAY])
+    b = e.check_many(np.full(5, 40.0), np.full(5, -100.0), 5.0, ["d"] * 5, at)
+    assert b.reasons() == [
+        Reason.ALLOWED,
+        Reason.INVALID_REQUEST,
+        Reason.INVALID_REQUEST,
+        Reason.INVALID_REQUEST,
+        Reason.ALLOWED,
+    ]
+
+
+def test_an_ancient_time_neither_erases_a_visit_nor_escapes_a_temporary_zone(
+    fake_clock: FakeClock,
+) -> None:
+    """The two ways a time before the window failed open: a clinic visit dated then recorded
+    presence that had already expired, and a temporary zone active now was judged inactive."""
+    store = MemoryStore()
+    fake_clock.to(T0 + 3600)  # the rally zone is active from T0 for three hours
+    e = small_engine(presence=store, presence_secret="0123456789abcdef0123", clock=fake_clock)
+    clinic = {"lat": 47.61, "lon": -122.33, "accuracy_m": 5.0}
+    # Refused, and nothing recorded that would expire at once.
+    assert e.observe("ifa-1970", **clinic, at=0.0).reason is Reason.INVALID_REQUEST
+    assert e.observe("ifa-1970", **clinic, at=T0 - 61 * DAY).reason is Reason.INVALID_REQUEST
+    assert len(store) == 0
+    rally = {"lat": 47.6005, "lon": -122.4995, "accuracy_m": 5.0}
+    assert e.check_location(**rally).reason is Reason.INSIDE_ZONE
+    assert e.check_location(**rally, at=T0 - 61 * DAY).reason is Reason.INVALID_REQUEST
+    assert e.check_many([rally["lat"]], [rally["lon"]], 5.0, at=[0.0]).reasons() == [
+        Reason.INVALID_REQUEST
+    ]
+
+
+def test_a_batch_rejects_only_its_late_elements(fake_clock: FakeClock) -> None:
+    e = small_engine(clock=fake_clock)
+    now = fake_clock.now
+    at = np.array([now, now + MAX_CLOCK_SKEW_S + 1, now - DAY, np.inf, now + 1e300])
+    b = e.check_many(np.full(5, 40.0), np.full(5, -100.0), 5.0, ["d"] * 5, at)
+    assert b.reasons() == [
+        Reason.ALLOWED,
+        Reason.INVALID_REQUEST,
+        Reason.ALLOWED,
+        Reason.INVALID_REQUEST,
+        Reason.INVALID_REQUEST,
+    ]
+
+
+def test_a_fix_from_the_future_neither_blocks_nor_outruns_the_lookback(
+    fake_clock: FakeClock,
+) -> None:
+    """The two ways a future time failed: presence recorded "then" blocked too late and for too
+    long, and a request judged "then" had outlived a real, recent presence."""
+    store = MemoryStore()
+    e = small_engine(presence=store, presence_secret="0123456789abcdef0123", clock=fake_clock)
+    now = fake_clock.now
+    clinic = {"lat": 47.61, "lon": -122.33, "accuracy_m": 5.0}
+    # A future visit is refused, and records nothing.
+    assert e.observe("ifa-a", **clinic, at=now + 90 * DAY).reason is Reason.INVALID_REQUEST
+    assert len(store) == 0
+    assert e.check_location(**FAR_AWAY, device_id="ifa-a").reason is Reason.ALLOWED
+    # A real visit now is not escaped by claiming a time after its lookback.
+    assert e.observe("ifa-b", **clinic).reason is Reason.INSIDE_ZONE
+    escape = e.check_location(**FAR_AWAY, device_id="ifa-b", at=now + 61 * DAY)
+    assert escape.reason is Reason.INVALID_REQUEST
+    assert e.check_location(**FAR_AWAY, device_id="ifa-b").reason is Reason.RECENTLY_INSIDE
+    fake_clock.advance(61 * DAY)  # once the lookback has really passed, the device is allowed
+    assert e.check_location(**FAR_AWAY, device_id="ifa-b", at=now + 61 * DAY).allowed
+
+
+def test_openrtb_is_judged_at_the_clock_minus_lastfix(fake_clock: FakeClock) -> None:
+    """lastfix is an age, so a bid request's time is never after the engine's clock."""
+    e = small_engine(clock=fake_clock)
+    now = fake_clock.now
+    assert e.observe("ifa-o", 47.61, -122.33, 5.0, now).reason is Reason.INSIDE_ZONE
+
+    def bid(lastfix: float) -> dict[str, Any]:
+        geo = {"lat": 40.0, "lon": -100.0, "accuracy": 5, "type": 1, "lastfix": lastfix}
+        return {"id": "r", "device": {"ifa": "ifa-o", "geo": geo}}
+
+    fake_clock.advance(61 * DAY)
+    assert e.check_openrtb(bid(0)).reason is Reason.ALLOWED  # judged at the clock: lookback over
+    d = e.check_openrtb(bid(2 * DAY))  # a fix two days old: inside that device's lookback
+    assert (d.reason, d.until) == (Reason.RECENTLY_INSIDE, now + 60 * DAY)
+    assert e.check_openrtb(bid(-1)).reason is Reason.INVALID_REQUEST
+
+
+def test_openrtb_with_a_lastfix_older_than_the_longest_lookback_is_invalid_request(
+    fake_clock: FakeClock,
+) -> None:
+    """A lastfix beyond the longest lookback is refused, naming the field; one at it is judged.
+
+    Judged, a fix that old would record presence already expired (a bid from inside a clinic
+    leaving no trace) and say nothing of where the device is now.
+    """
+    store = MemoryStore()
+    e = small_engine(presence=store, presence_secret="0123456789abcdef0123", clock=fake_clock)
+    lookback = e.zone_set.policy.max_lookback_s
+
+    def bid(lat: float, lon: float, lastfix: float, lmt: int = 0) -> dict[str, Any]:
+        geo = {"lat": lat, "lon": lon, "accuracy": 5, "type": 1, "lastfix": lastfix}
+        return {"id": "r", "device": {"ifa": "ifa-old", "lmt": lmt, "geo": geo}}
+
+    for lastfix in (lookback + 1, 1e12, 1e300):
+        for lmt in (0, 1):
+            d = e.check_openrtb(bid(47.61, -122.33, lastfix, lmt))
+            assert (d.allowed, d.reason) == (False, Reason.INVALID_REQUEST), (lastfix, lmt)
+            prefix = f"device.geo.lastfix: time is more than {lookback:.0f} s before"
+            assert d.detail.startswith(prefix), d.detail
+    assert e.check_openrtb_many([bid(40.0, -100.0, 1e12)])[0].reason is Reason.INVALID_REQUEST
+    assert len(store) == 0  # nothing recorded that would expire at once
+    assert e.check_openrtb(bid(40.0, -100.0, lookback)).reason is Reason.ALLOWED
+    assert e.check_openrtb(bid(47.61, -122.33, lookback)).reason is Reason.INSIDE_ZONE
+    # Without a position, lastfix dates nothing: the request is decided as having no location.
+    no_fix = {"id": "r", "device": {"ifa": "ifa-old", "geo": {"lastfix": 1e12}}}
+    assert e.check_openrtb(no_fix).reason is Reason.NO_LOCATION
+
+
+def test_openrtb_lastfix_is_refused_even_beside_a_beacon(engine: Engine) -> None:
+    """A beacon heard now does not rescue a stale fix in the same request: any doubt rejects."""
+    far_beacon = "3d1f8a2e-6b7c-4e59-a0d4-5c2b9e7f1a63:1:2"  # positioned far from every zone
+    geo = {"lat": RICHMOND_PARK[0], "lon": RICHMOND_PARK[1], "accuracy": 5, "lastfix": 1e12}
+    device = {"ifa": "ifa-b", "geo": geo, "ext": {"beacons": [{"id": far_beacon}]}}
+    d = engine.check_openrtb({"id": "r", "device": device})
+    assert (d.reason, d.detail.split(":")[0]) == (Reason.INVALID_REQUEST, "device.geo.lastfix")
+    geo["lastfix"] = 60.0
+    assert engine.check_openrtb({"id": "r", "device": device}).reason is Reason.ALLOWED
+
+
+# --- device ids: one rule for every entry point -----------------------------------------------
+
+
+def test_device_id_length_limit_is_the_same_everywhere(engine: Engine) -> None:
+    longest, too_long = "x" * MAX_DEVICE_ID, "y" * (MAX_DEVICE_ID + 1)
+    far_beacon = "3d1f8a2e-6b7c-4e59-a0d4-5c2b9e7f1a63:1:2"  # positioned far from every zone
+    lat, lon = RICHMOND_PARK
+
+    def bid(ifa: str, lmt: int) -> dict[str, Any]:
+        geo = {"lat": lat, "lon": lon, "accuracy": 5, "type": 1}
+        return {"id": "r", "device": {"ifa": ifa, "lmt": lmt, "geo": geo}}
+
+    for device, want in ((longest, Reason.ALLOWED), (too_long, Reason.INVALID_REQUEST)):
+        assert engine.check_location(lat, lon, 5.0, device).reason is want
+        assert engine.check_many([lat], [lon], 5.0, [device]).reasons() == [want]
+        assert engine.check_beacon(far_beacon, device_id=device).reason is want
+        assert [d.reason for d in engine.check_beacons_many([far_beacon], [device])] == [want]
+        assert engine.check_openrtb(bid(device, 0)).reason is want
+        assert engine.check_openrtb(bid(device, 1)).reason is want  # malformed, lmt or not
+    detail = engine.check_beacon(far_beacon, device_id=too_long).detail
+    assert detail == "bad device id"
+
+
 # --- presence ----------------------------------------------------------------------------------
 
 
-def test_recently_inside_for_the_lookback_then_allowed() -> None:
-    e = small_engine()
+def test_recently_inside_for_the_lookback_then_allowed(fake_clock: FakeClock) -> None:
+    e = small_engine(clock=fake_clock)
     inside = e.check_location(lat=47.61, lon=-122.33, accuracy_m=5.0, device_id="ifa-1", at=T0)
     assert inside.reason is Reason.INSIDE_ZONE
     far = {"lat": 40.0, "lon": -100.0, "accuracy_m": 5.0, "device_id": "ifa-1"}
+    fake_clock.to(T0 + 59 * DAY)
     later = e.check_location(**far, at=T0 + 59 * DAY)
     assert (later.reason, later.category) == (Reason.RECENTLY_INSIDE, Category.REPRODUCTIVE_HEALTH)
     assert later.until == pytest.approx(T0 + 60 * DAY)
+    fake_clock.to(T0 + 60 * DAY)
     assert e.check_location(**far, at=T0 + 60 * DAY).reason is Reason.ALLOWED
     other = e.check_location(**{**far, "device_id": "ifa-2"}, at=T0 + DAY)
     assert other.reason is Reason.ALLOWED

@@ -15,10 +15,11 @@ import numpy as np
 import pyproj
 import pytest
 import shapely
-from conftest import BUNDLED_ZONES
+from conftest import BUNDLED_ZONES, FakeClock
 
 from geofence import Category, Engine, Reason, ZoneSet
 from geofence.beacons import load_beacon_registry
+from geofence.engine import MAX_CLOCK_SKEW_S, MAX_DEVICE_ID
 from geofence.errors import PresenceUnavailable
 from geofence.policy import load_policy_text
 from geofence.presence.memory import MemoryStore
@@ -189,13 +190,14 @@ def test_no_registry_makes_every_beacon_unknown(bundled: ZoneSet) -> None:
     assert e.check_beacon(ST_PAULS).reason is Reason.UNKNOWN_BEACON
 
 
-def test_inactive_beacon_follows_the_policy(bundled: ZoneSet) -> None:
+def test_inactive_beacon_follows_the_policy(bundled: ZoneSet, fake_clock: FakeClock) -> None:
     d = engine_for(bundled).check_beacon(ABBEY_INACTIVE, at=T0)
     assert (d.allowed, d.reason, d.detail) == (False, Reason.UNKNOWN_BEACON, "beacon is inactive")
-    e = engine_for(bundled, '[beacons]\ninactive = "as_active"\n')
+    e = engine_for(bundled, '[beacons]\ninactive = "as_active"\n', clock=fake_clock)
     d = e.check_beacon(ABBEY_INACTIVE, device_id="ifa-1", at=T0)
     assert (d.reason, d.zone_id) == (Reason.BEACON_IN_ZONE, ABBEY_ZONE)
     # Judged as active, it is presence like any other.
+    fake_clock.to(T0 + DAY)
     later = e.check_location(**FAR, device_id="ifa-1", at=T0 + DAY)
     assert (later.reason, later.category) == (Reason.RECENTLY_INSIDE, Category.PLACE_OF_WORSHIP)
     # as_active applies to inactive beacons only.
@@ -269,9 +271,11 @@ def test_malformed_beacon_id_is_invalid_request(bundled: ZoneSet, beacon_id: Any
         {"at": True},
         {"at": [T0, T0]},
         {"at": "1700000000"},
+        {"at": T0 + 1e12},  # far in the future (the engine runs on the real clock here)
         {"device_id": 42},
         {"device_id": b"ifa-1"},
         {"device_id": ["ifa-1"]},
+        {"device_id": "x" * (MAX_DEVICE_ID + 1)},  # as check_location judges it
     ],
 )
 def test_malformed_rssi_time_or_device_is_invalid_request(
@@ -312,16 +316,20 @@ def test_internal_error_is_a_rejection(bundled: ZoneSet, monkeypatch: pytest.Mon
 # --- presence ----------------------------------------------------------------------------------
 
 
-def test_beacon_in_zone_records_presence_for_the_category_lookback(bundled: ZoneSet) -> None:
-    e = engine_for(bundled)
+def test_beacon_in_zone_records_presence_for_the_category_lookback(
+    bundled: ZoneSet, fake_clock: FakeClock
+) -> None:
+    e = engine_for(bundled, clock=fake_clock)
     assert e.check_beacon(ST_PAULS, device_id="ifa-1", at=T0).reason is Reason.BEACON_IN_ZONE
     # place_of_worship: 30 days' lookback (baseline, unchanged by the state packs).
     lookback = bundled.policy.rule(Category.PLACE_OF_WORSHIP).lookback_days * DAY
     assert lookback == 30 * DAY
+    fake_clock.to(T0 + 29 * DAY)
     later = e.check_location(**FAR, device_id="ifa-1", at=T0 + 29 * DAY)
     assert (later.allowed, later.reason) == (False, Reason.RECENTLY_INSIDE)
     assert later.category is Category.PLACE_OF_WORSHIP
     assert later.until == pytest.approx(T0 + lookback)
+    fake_clock.to(T0 + lookback)
     assert e.check_location(**FAR, device_id="ifa-1", at=T0 + lookback).reason is Reason.ALLOWED
     # Elsewhere, including by another beacon far from every zone.
     far_beacon = e.check_beacon(RICHMOND, device_id="ifa-1", at=T0 + DAY)
@@ -334,17 +342,22 @@ def test_beacon_in_zone_records_presence_for_the_category_lookback(bundled: Zone
     assert e.check_location(**FAR, device_id="ifa-1", at=T0 + DAY).reason is Reason.ALLOWED
 
 
-def test_clinic_beacon_taints_for_sixty_days(bundled: ZoneSet) -> None:
-    e = engine_for(bundled)
+def test_clinic_beacon_taints_for_sixty_days(bundled: ZoneSet, fake_clock: FakeClock) -> None:
+    e = engine_for(bundled, clock=fake_clock)
     assert e.check_beacon(DIACOR, device_id="ifa-1", at=T0).category is Category.CLINIC
+    fake_clock.to(T0 + 59 * DAY)
     d = e.check_location(**FAR, device_id="ifa-1", at=T0 + 59 * DAY)
     assert (d.reason, d.category) == (Reason.RECENTLY_INSIDE, Category.CLINIC)
+    fake_clock.to(T0 + 60 * DAY)
     assert e.check_location(**FAR, device_id="ifa-1", at=T0 + 60 * DAY).allowed
 
 
-def test_linked_beacon_records_presence_in_the_linked_zone(bundled: ZoneSet) -> None:
-    e = engine_for(bundled)
+def test_linked_beacon_records_presence_in_the_linked_zone(
+    bundled: ZoneSet, fake_clock: FakeClock
+) -> None:
+    e = engine_for(bundled, clock=fake_clock)
     assert e.check_beacon(COURT_LINKED, device_id="ifa-1", at=T0).reason is Reason.BEACON_IN_ZONE
+    fake_clock.to(T0 + DAY)
     d = e.check_location(**FAR, device_id="ifa-1", at=T0 + DAY)
     assert (d.reason, d.category) == (Reason.RECENTLY_INSIDE, Category.COURT)
 
@@ -449,18 +462,20 @@ def test_range_decides_near_or_clear(tmp_path: Path) -> None:
     assert e.check_beacon(f"{SMALL_UUID}:2:3", at=T0).reason is Reason.BEACON_IN_ZONE
 
 
-def test_temporary_zone_counts_only_while_active(tmp_path: Path) -> None:
+def test_temporary_zone_counts_only_while_active(tmp_path: Path, fake_clock: FakeClock) -> None:
     e = small_engine(
         tmp_path,
         [
             f"{SMALL_UUID}:3:1,ibeacon,47.6005,-122.4995,5,active,rally",
             f"{SMALL_UUID}:3:2,ibeacon,47.6005,-122.4995,5,active,",
         ],
+        clock=fake_clock,
     )
     for beacon_id in (f"{SMALL_UUID}:3:1", f"{SMALL_UUID}:3:2"):
         during = e.check_beacon(beacon_id, at=T0 + 60)
         assert (during.reason, during.zone_id) == (Reason.BEACON_IN_ZONE, "rally")
         assert e.check_beacon(beacon_id, at=T0 - 60).reason is Reason.ALLOWED
+        fake_clock.to(T0 + 3 * 3600)  # the second beacon's "during" is then an hour-old fix
         assert e.check_beacon(beacon_id, at=T0 + 3 * 3600).reason is Reason.ALLOWED
 
 
@@ -515,6 +530,100 @@ def test_check_beacons_many_presence_flows_in_order(bundled: ZoneSet) -> None:
         Reason.RECENTLY_INSIDE,
         Reason.ALLOWED,
     ]
+
+
+@pytest.mark.parametrize("beacon_id", [RICHMOND, ST_PAULS, COURT_LINKED, ABBEY_DECOMMISSIONED])
+def test_a_sighting_after_the_clock_plus_the_skew_is_invalid_request(
+    bundled: ZoneSet, fake_clock: FakeClock, beacon_id: str
+) -> None:
+    """Every kind of beacon (positioned far, positioned in a zone, linked, decommissioned and
+    ignored by the policy): a time from the future is refused before the beacon is looked at."""
+    store = MemoryStore()
+    policy = '[beacons]\ndecommissioned = "ignore"\n'
+    e = engine_for(bundled, policy, presence=store, clock=fake_clock)
+    late = fake_clock.now + MAX_CLOCK_SKEW_S + 1.0
+    d = e.check_beacon(beacon_id, device_id="ifa-late", at=late)
+    assert (d.allowed, d.reason) == (False, Reason.INVALID_REQUEST)
+    assert d.detail == f"time is more than {MAX_CLOCK_SKEW_S:.0f} s after the engine's clock"
+    assert len(store) == 0  # and no presence is recorded at that time
+    edge = e.check_beacon(beacon_id, device_id="ifa-edge", at=fake_clock.now + MAX_CLOCK_SKEW_S)
+    assert edge.reason is not Reason.INVALID_REQUEST
+    fake_clock.advance(1.0)
+    assert e.check_beacon(beacon_id, at=late).reason is not Reason.INVALID_REQUEST
+
+
+@pytest.mark.parametrize("beacon_id", [RICHMOND, ST_PAULS, COURT_LINKED, ABBEY_DECOMMISSIONED])
+def test_a_sighting_older_than_the_longest_lookback_is_invalid_request(
+    bundled: ZoneSet, fake_clock: FakeClock, beacon_id: str
+) -> None:
+    """Every kind of beacon: a time before the clock minus the policy's longest lookback is
+    refused before the beacon is looked at, and records nothing (it would expire at once)."""
+    store = MemoryStore()
+    policy = '[beacons]\ndecommissioned = "ignore"\n'
+    e = engine_for(bundled, policy, presence=store, clock=fake_clock)
+    lookback = e.zone_set.policy.max_lookback_s
+    assert lookback == 60 * DAY
+    earliest = fake_clock.now - lookback
+    for old in (earliest - 1.0, 0.0, -1e300):
+        d = e.check_beacon(beacon_id, device_id="ifa-old", at=old)
+        assert (d.allowed, d.reason) == (False, Reason.INVALID_REQUEST), old
+        assert d.detail == (
+            f"time is more than {lookback:.0f} s before the engine's clock "
+            "(the policy's longest lookback)"
+        )
+    assert len(store) == 0
+    edge = e.check_beacon(beacon_id, device_id="ifa-edge", at=earliest)
+    assert edge.reason is not Reason.INVALID_REQUEST
+    fake_clock.advance(1.0)  # the bound follows the engine's clock
+    assert e.check_beacon(beacon_id, at=earliest).reason is Reason.INVALID_REQUEST
+
+
+def test_check_beacons_many_rejects_only_sightings_before_the_window(
+    bundled: ZoneSet, fake_clock: FakeClock
+) -> None:
+    e = engine_for(bundled, clock=fake_clock)
+    now = fake_clock.now
+    out = e.check_beacons_many(
+        [RICHMOND, RICHMOND, ST_PAULS, RICHMOND],
+        device_ids="ifa-1",
+        at=[now - 60 * DAY, now - 60 * DAY - 1, 0.0, now - 59 * DAY],
+    )
+    assert [d.reason for d in out] == [
+        Reason.ALLOWED,
+        Reason.INVALID_REQUEST,
+        Reason.INVALID_REQUEST,
+        Reason.ALLOWED,
+    ]
+
+
+def test_check_beacons_many_rejects_only_late_sightings(
+    bundled: ZoneSet, fake_clock: FakeClock
+) -> None:
+    e = engine_for(bundled, clock=fake_clock)
+    now = fake_clock.now
+    out = e.check_beacons_many(
+        [RICHMOND, RICHMOND, ST_PAULS, RICHMOND],
+        device_ids="ifa-1",
+        at=[now, now + MAX_CLOCK_SKEW_S + 1, now + 1e12, now - DAY],
+    )
+    assert [d.reason for d in out] == [
+        Reason.ALLOWED,
+        Reason.INVALID_REQUEST,
+        Reason.INVALID_REQUEST,
+        Reason.ALLOWED,
+    ]
+
+
+def test_blank_device_id_on_a_beacon_is_no_id(bundled: ZoneSet) -> None:
+    """As for check_location: blank text is "no id", so nothing is recorded under it."""
+    store = MemoryStore()
+    e = engine_for(bundled, presence=store)
+    for beacon_id in (ST_PAULS, COURT_LINKED):
+        assert e.check_beacon(beacon_id, device_id="   ", at=T0).reason is Reason.BEACON_IN_ZONE
+    assert len(store) == 0
+    out = e.check_beacons_many([ST_PAULS, COURT_LINKED], device_ids=["", " \t"], at=T0)
+    assert [d.reason for d in out] == [Reason.BEACON_IN_ZONE] * 2
+    assert len(store) == 0
 
 
 def test_check_beacons_many_time_forms(bundled: ZoneSet) -> None:

@@ -18,7 +18,13 @@ Extended profile (documented in docs/operations.md), cases split evenly over the
     GEOFENCE_FUZZ_EXAMPLES=1000000 .venv/bin/python -m pytest tests/test_fuzz.py -m extended -s
 
 Known engine defects found by fuzzing are pinned by `xfail(strict=True)` tests at the end; the
-fuzz targets tolerate exactly those inputs (they are still required to be rejected).
+fuzz targets tolerate exactly those inputs (they are still required to be rejected). None is
+open today: the defects found so far are fixed, and their tests stay as regression tests.
+
+The fuzzed engine's clock stands still (`NOW`), so a time outside the accepted window (more than
+MAX_CLOCK_SKEW_S after it, or before it by more than the policy's longest lookback) is malformed
+for the oracles exactly as it is for the engine; so is an OpenRTB `lastfix` older than that
+lookback.
 """
 
 from __future__ import annotations
@@ -34,14 +40,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BUNDLED_ZONES
+from conftest import BUNDLED_ZONES, FakeClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as _strategies
 
 from geofence import Engine, Reason
 from geofence.decision import BatchDecision, Decision
+from geofence.engine import MAX_CLOCK_SKEW_S
 from geofence.index import KIND_CLEAR
 from geofence.openrtb import MAX_BEACONS, MAX_BYTES
+from geofence.policy import Policy
 
 EXTENDED_TOTAL = int(os.environ.get("GEOFENCE_FUZZ_EXAMPLES", "0") or 1_000_000)
 CHUNK = 5_000  # examples per Hypothesis run in the extended profile (bounds its memory)
@@ -52,6 +60,13 @@ CASES: Counter[str] = Counter()  # calls made per target (reported by the extend
 ELEMENTS: Counter[str] = Counter()  # decisions made per target (a batch makes many)
 
 _ENGINE: list[Engine] = []
+# The fuzzed engine's clock stands still, so whether a time is outside the accepted window
+# (invalid_request) is exact for the oracles, never a race.
+NOW = float(int(time.time()))
+# The bundled policy's longest lookback: a time before EARLIEST is malformed (invalid_request).
+# Read from the policy file, not the engine, so that strategies can use it at import.
+MAX_LOOKBACK_S = Policy.load(BUNDLED_ZONES / "policy.toml").max_lookback_s
+EARLIEST, LATEST = NOW - MAX_LOOKBACK_S, NOW + MAX_CLOCK_SKEW_S
 
 
 class _CachedStrategies:
@@ -98,7 +113,8 @@ st = _CachedStrategies()
 def engine() -> Engine:
     """The bundled zones (675 real zones and 9 beacons), compiled once per process."""
     if not _ENGINE:
-        _ENGINE.append(Engine.from_paths(BUNDLED_ZONES))
+        _ENGINE.append(Engine.from_paths(BUNDLED_ZONES, clock=FakeClock(NOW)))
+        assert _ENGINE[0].zone_set.policy.max_lookback_s == MAX_LOOKBACK_S
     return _ENGINE[0]
 
 
@@ -187,6 +203,11 @@ def number_ok(v: Any, limit: float | None = None, non_negative: bool = False) ->
     return not (non_negative and f < 0)
 
 
+def time_ok(v: Any) -> bool:
+    """A request time: a number inside the accepted window around the engine's clock."""
+    return number_ok(v) and EARLIEST <= float(v) <= LATEST
+
+
 def _surrogate(v: Any) -> bool:
     """A str that cannot be encoded as UTF-8 (a lone surrogate): a known engine defect."""
     if not isinstance(v, str):
@@ -258,7 +279,17 @@ ACCURACIES = st.one_of(
     st.integers(-5, 10**6),
     WEIRD,
 )
-TIMES = st.one_of(st.none(), st.floats(0, 2e9), st.integers(0, 2 * 10**9), WEIRD)
+# Well-formed times: inside the window the engine accepts around its clock.
+WINDOW_TIMES = st.one_of(st.floats(EARLIEST, LATEST), st.integers(int(EARLIEST) + 1, int(LATEST)))
+TIMES = st.one_of(
+    st.none(),
+    st.floats(0, 2e9),  # mostly before the window (a device clock reading 1970, say)
+    st.integers(0, 2 * 10**9),
+    WINDOW_TIMES,
+    # Either side of both ends of the window, and far beyond them.
+    st.sampled_from([LATEST, LATEST + 1, NOW + 1e12, 1e300, EARLIEST, EARLIEST - 1, -1e300]),
+    WEIRD,
+)
 
 
 @st.composite
@@ -284,7 +315,7 @@ def exact_clear(lat: float, lon: float, acc: float, at: float | None = None) -> 
         np.array([float(lon)]),
         np.array([float(lat)]),
         np.array([float(acc)]),
-        np.array([time.time() if at is None else float(at)]),
+        np.array([NOW if at is None else float(at)]),
     )
     return bool(located.kind[0] == KIND_CLEAR)
 
@@ -325,7 +356,7 @@ def fuzz_check_location(data: st.DataObject) -> None:
         number_ok(lat, 90)
         and number_ok(lon, 180)
         and (acc is None or number_ok(acc, non_negative=True))
-        and (at is None or number_ok(at))
+        and (at is None or time_ok(at))
         and (source is None or (isinstance(source, str) and source in Engine_SOURCES))
         and device_ok(device)
     )
@@ -357,7 +388,8 @@ def _element_strategies(
     if limit is not None:
         good = st.floats(-limit, limit)
     else:
-        good = st.floats(0.0, 1e6) if non_negative else st.floats(0, 2e9)
+        # (limit None and signed: the time column, whose window BAD is marked by the caller)
+        good = st.floats(0.0, 1e6) if non_negative else st.one_of(st.floats(0, 2e9), WINDOW_TIMES)
     bad_elem = st.one_of(
         st.sampled_from([math.nan, math.inf, -math.inf]),
         st.floats(1e6, 1e300).map(lambda f: f if limit is None else limit + f / 1e6 + 1e-9),
@@ -652,6 +684,10 @@ def fuzz_check_many(data: st.DataObject) -> None:
                 lat_vals[i], lon_vals[i] = lat[i], lon[i]
     acc, v_acc, acc_vals = data.draw(float_column(n, None, missing_ok=True, non_negative=True))
     at, v_at, at_vals = data.draw(float_column(n, None, missing_ok=True))
+    if at_vals is not None:  # a time outside the window around the engine's clock is malformed
+        with np.errstate(invalid="ignore"):
+            outside = (at_vals > LATEST) | (at_vals < EARLIEST)
+            v_at = np.where(outside, BAD, v_at).astype(np.int8)
     devices, v_dev, defect = data.draw(device_column(n))
     source, v_src, is_ip = data.draw(source_column(n))
     # A surrogate device id can make the engine raise inside (a known defect): then the whole
@@ -759,10 +795,7 @@ def fuzz_check_beacon(data: st.DataObject) -> None:
         isinstance(rssi, int | float) and not isinstance(rssi, bool) and number_ok(rssi)
     )
     well_formed = (
-        rssi_ok
-        and (at is None or number_ok(at))
-        and (device is None or (isinstance(device, str) and not _surrogate(device)))
-        and isinstance(beacon, str)
+        rssi_ok and (at is None or time_ok(at)) and device_ok(device) and isinstance(beacon, str)
     )
     defect = known_defect(device, at, rssi)
     if not well_formed and not defect:
@@ -810,11 +843,25 @@ NON_NEGATIVE = _field(
     st.one_of(st.floats(0, 1e9), st.integers(0, 10**12), st.just(1e300)),
     st.one_of(st.floats(-1e9, -1e-6), st.sampled_from([math.nan, math.inf, -1, "5"]), JSONISH_BAD),
 )
+# An age: beyond the longest lookback a fix is malformed, so both sides of that bound are drawn.
+LASTFIX = _field(
+    st.one_of(
+        st.floats(0, 1e9),
+        st.integers(0, 10**12),
+        st.sampled_from([1e300, MAX_LOOKBACK_S, MAX_LOOKBACK_S + 1, int(MAX_LOOKBACK_S)]),
+    ),
+    st.one_of(st.floats(-1e9, -1e-6), st.sampled_from([math.nan, math.inf, -1, "5"]), JSONISH_BAD),
+)
 GEO_TYPE = _field(st.integers(-(10**20), 10**20), st.one_of(st.floats(0.5, 3.5), JSONISH_BAD))
 LMT = _field(st.sampled_from([0, 1]), st.one_of(st.sampled_from([2, -1, 1.0, "1"]), st.booleans()))
 IFA = _field(
     st.one_of(st.text(max_size=40), st.sampled_from(["", "00000000-0000-0000-0000-000000000000"])),
-    st.one_of(st.integers(), st.booleans(), st.just("ifa-\ud800"), st.lists(st.text(), max_size=1)),
+    st.one_of(
+        st.integers(),
+        st.booleans(),
+        st.sampled_from(["ifa-\ud800", "x" * 257]),  # a surrogate; over the length limit
+        st.lists(st.text(), max_size=1),
+    ),
 )
 SIGHTED_IDS = BEACON_IDS.filter(
     lambda v: isinstance(v, str) and bool(v.strip()) and not _surrogate(v)
@@ -946,7 +993,7 @@ def bid_requests(draw: st.DrawFn) -> tuple[Any, str, dict[str, Any]]:
         ("lat", LAT),
         ("lon", LON),
         ("accuracy", NON_NEGATIVE),
-        ("lastfix", NON_NEGATIVE),
+        ("lastfix", LASTFIX),
         ("type", GEO_TYPE),
     ):
         value, is_bad = draw(strat)
@@ -995,6 +1042,9 @@ def bid_requests(draw: st.DrawFn) -> tuple[Any, str, dict[str, Any]]:
         malformed = True
     else:
         malformed, geo, beacons, unknown_beacon = False, {}, ABSENT, False
+    if not malformed and device_form == "dict" and geo.get("lat") is not None:
+        # A location dated before the window: the engine judges it at now minus lastfix.
+        malformed = NOW - float(geo.get("lastfix") or 0.0) < EARLIEST
     verdict = "bad" if malformed else "ok"
     # Fields the parser ignores may hold anything: large, deep or (in a dict) cyclic values.
     if draw(st.booleans()):
@@ -1029,7 +1079,7 @@ def fuzz_check_openrtb(data: st.DataObject) -> None:
     request, verdict, facts = data.draw(bid_requests())
     CASES["check_openrtb"] += 1
     ELEMENTS["check_openrtb"] += 1
-    before = time.time()
+    before = NOW  # the engine's (standing) clock
     d = assert_decision(e.check_openrtb(request))
     if verdict == "bad":
         assert (d.allowed, d.reason) == (False, Reason.INVALID_REQUEST), (d, str(request)[:300])
@@ -1139,13 +1189,9 @@ def test_a_timedelta64_where_a_number_belongs_is_invalid_request() -> None:
     assert e.check_beacon(_BEACON_LINKED, at=td).reason is Reason.INVALID_REQUEST
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine (fails open): a fix time far in the future passes every lookback, so a device "
-    "seen inside a clinic a minute ago is allowed. Fix: reject `at` more than a clock-skew "
-    "allowance ahead of time.time() as invalid_request (tests that simulate time then need an "
-    "injectable clock).",
-)
+# Found by fuzzing (a fix time far in the future passed every lookback, so a device seen inside
+# a clinic a minute ago was allowed), fixed in the engine since; kept as a regression test. The
+# engine here runs on the real clock, as in production.
 def test_a_fix_time_far_in_the_future_does_not_escape_the_lookback() -> None:
     e = Engine(engine().zone_set)
     now = time.time()
@@ -1157,6 +1203,46 @@ def test_a_fix_time_far_in_the_future_does_not_escape_the_lookback() -> None:
     )
     d = e.check_location(lat=40.0, lon=-100.0, accuracy_m=5.0, device_id="ifa-f", at=now + 1e12)
     assert not d.allowed
+    assert d.reason is Reason.INVALID_REQUEST
+    # Judged at the real time instead, the device is still recently inside.
+    d = e.check_location(lat=40.0, lon=-100.0, accuracy_m=5.0, device_id="ifa-f", at=now + 60)
+    assert d.reason is Reason.RECENTLY_INSIDE
+
+
+_FAR_BEACON = "3d1f8a2e-6b7c-4e59-a0d4-5c2b9e7f1a63:1:2"  # registered, positioned far from zones
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    at=st.one_of(
+        st.floats(EARLIEST - 2 * MAX_LOOKBACK_S, LATEST + 2 * MAX_CLOCK_SKEW_S),
+        st.sampled_from([EARLIEST, EARLIEST - 1e-6, LATEST, LATEST + 1e-6, 0.0, -1e300, 1e300]),
+    )
+)
+def test_every_entry_point_refuses_exactly_the_times_outside_the_window(at: float) -> None:
+    """Far from every zone, each entry point is invalid_request for a time outside [EARLIEST,
+    LATEST] and allowed inside it.
+
+    One window serves every path; a path that skipped it would judge an ancient or future fix.
+    """
+    e = engine()
+    lat, lon = 40.0, -100.0  # thousands of km from every bundled zone
+    decisions = {
+        "check_location": e.check_location(lat=lat, lon=lon, accuracy_m=5.0, at=at),
+        "check_location id": e.check_location(lat, lon, 5.0, device_id="fuzz-window", at=at),
+        "check_many": e.check_many([lat], [lon], 5.0, at=np.array([at])).decision(0),
+        "check_beacon": e.check_beacon(_FAR_BEACON, at=at),
+        "check_beacons_many": e.check_beacons_many([_FAR_BEACON], at=[at])[0],
+    }
+    inside = EARLIEST <= at <= LATEST
+    for name, d in decisions.items():
+        assert d.reason is (Reason.ALLOWED if inside else Reason.INVALID_REQUEST), (name, d)
+    if at <= NOW:  # lastfix is an age: the bid's time is the clock minus it
+        lastfix = NOW - at
+        geo = {"lat": lat, "lon": lon, "accuracy": 5, "type": 1, "lastfix": lastfix}
+        d = e.check_openrtb({"id": "w", "device": {"geo": geo}})
+        want = Reason.ALLOWED if NOW - lastfix >= EARLIEST else Reason.INVALID_REQUEST
+        assert d.reason is want, (lastfix, d)
 
 
 class _LenRaises(list):  # type: ignore[type-arg]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import redis
 import shapely
+from conftest import FakeClock
 from redis_server import RedisServer, free_port
 
 from geofence import Category, Engine, PresenceConfigError, Reason
@@ -53,6 +54,13 @@ def far(device: str | None, at: float = T0 + 3600) -> dict[str, Any]:
     return {"lat": FAR[0], "lon": FAR[1], "accuracy_m": 5.0, "device_id": device, "at": at}
 
 
+def an_hour_later(clock: FakeClock) -> FakeClock:
+    """The clock at T0 + 1 h, when `far` requests are made by default (an hour after the clinic
+    visits `at_clinic` dates at T0): the engine refuses request times ahead of its clock."""
+    clock.to(T0 + 3600)
+    return clock
+
+
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server this test may kill, restart and read the files of."""
@@ -80,10 +88,11 @@ def timed(call: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def test_redis_killed_fails_closed_fast_and_the_same_engine_recovers(
-    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+    own_server: RedisServer, caplog: pytest.LogCaptureFixture, fake_clock: FakeClock
 ) -> None:
     caplog.set_level(logging.INFO, logger="geofence")
-    e = Engine(zone_set(), presence=own_server.url, presence_secret=SECRET)
+    clock = an_hour_later(fake_clock)
+    e = Engine(zone_set(), presence=own_server.url, presence_secret=SECRET, clock=clock)
     # Acknowledged before the kill: one device by a request, fifty by a batch of pings.
     assert e.check_location(**at_clinic("ifa-before")).reason is Reason.INSIDE_ZONE
     batch_ids = [f"ifa-batch-{i}" for i in range(50)]
@@ -131,6 +140,7 @@ def test_redis_killed_fails_closed_fast_and_the_same_engine_recovers(
     own_server.restart()  # same port, same append-only file
 
     # The same engine, no reconnect call: the very first request is decided from history again.
+    clock.to(T0 + 59 * DAY)
     d = e.check_location(**far("ifa-before", at=T0 + 59 * DAY))
     assert (d.reason, d.category) == (Reason.RECENTLY_INSIDE, Category.REPRODUCTIVE_HEALTH)
     assert d.until == pytest.approx(T0 + 60 * DAY)
@@ -150,12 +160,13 @@ def test_redis_killed_fails_closed_fast_and_the_same_engine_recovers(
 
 
 def test_redis_hung_fails_closed_within_the_timeout_and_recovers(
-    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+    own_server: RedisServer, caplog: pytest.LogCaptureFixture, fake_clock: FakeClock
 ) -> None:
     """A server that accepts connections but never answers (SIGSTOP) costs one timeout, < 1 s."""
     caplog.set_level(logging.INFO, logger="geofence")
     assert own_server.proc is not None
-    e = Engine(zone_set(), presence=own_server.url, presence_secret=SECRET)
+    clock = an_hour_later(fake_clock)
+    e = Engine(zone_set(), presence=own_server.url, presence_secret=SECRET, clock=clock)
     e.observe(**at_clinic("ifa-1"))
     os.kill(own_server.proc.pid, 19)  # SIGSTOP
     try:
@@ -360,24 +371,26 @@ def test_redis_holds_no_device_id_or_coordinate(own_server: RedisServer) -> None
 # --- 4. SQLite restarts, configuration from the environment, secrets required ------------------
 
 
-def test_sqlite_engine_restart_keeps_presence(tmp_path: Path) -> None:
+def test_sqlite_engine_restart_keeps_presence(tmp_path: Path, fake_clock: FakeClock) -> None:
     url = f"sqlite:///{tmp_path}/p.db"
-    first = Engine(zone_set(), presence=url, presence_secret=SECRET)
+    first = Engine(zone_set(), presence=url, presence_secret=SECRET, clock=fake_clock)
     first.observe(**at_clinic("ifa-restart"))
     first.check_many(
         np.array([CLINIC[0]]), np.array([CLINIC[1]]), 5.0, device_ids=["ifa-restart-2"], at=T0
     )
     first.close()
     del first
-    second = Engine(zone_set(), presence=url, presence_secret=SECRET)
+    second = Engine(zone_set(), presence=url, presence_secret=SECRET, clock=fake_clock)
+    fake_clock.to(T0 + 30 * DAY)
     d = second.check_location(**far("ifa-restart", at=T0 + 30 * DAY))
     assert (d.reason, d.category) == (Reason.RECENTLY_INSIDE, Category.REPRODUCTIVE_HEALTH)
     assert d.until == pytest.approx(T0 + 60 * DAY)
     assert second.check_location(**far("ifa-restart-2")).reason is Reason.RECENTLY_INSIDE
+    fake_clock.to(T0 + 60 * DAY)
     assert second.check_location(**far("ifa-restart", at=T0 + 60 * DAY)).allowed
     second.close()
     # Another secret: every device is a stranger (why a durable store refuses a random one).
-    other = Engine(zone_set(), presence=url, presence_secret=SECRET + "-other")
+    other = Engine(zone_set(), presence=url, presence_secret=SECRET + "-other", clock=fake_clock)
     assert other.check_location(**far("ifa-restart")).reason is Reason.ALLOWED
     other.close()
 
@@ -401,33 +414,35 @@ def test_url_and_secret_from_the_environment(
     tmp_path: Path,
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
+    fake_clock: FakeClock,
 ) -> None:
     url = presence_url(backend, request, tmp_path)
+    clock = an_hour_later(fake_clock)
     monkeypatch.setenv("GEOFENCE_PRESENCE_URL", url)
     monkeypatch.setenv("GEOFENCE_PRESENCE_SECRET", SECRET)
-    e = Engine.from_paths(zones_dir)
+    e = Engine.from_paths(zones_dir, clock=clock)
     assert e.check_location(**at_clinic("ifa-env")).reason is Reason.INSIDE_ZONE
     e.close()
     # The record went to the store the environment named, under the environment's secret.
     monkeypatch.delenv("GEOFENCE_PRESENCE_URL")
     monkeypatch.delenv("GEOFENCE_PRESENCE_SECRET")
-    explicit = Engine.from_paths(zones_dir, presence=url, presence_secret=SECRET)
+    explicit = Engine.from_paths(zones_dir, presence=url, presence_secret=SECRET, clock=clock)
     assert explicit.check_location(**far("ifa-env")).reason is Reason.RECENTLY_INSIDE
     explicit.close()
     # The arguments win over the environment.
     monkeypatch.setenv("GEOFENCE_PRESENCE_URL", "memory://")
     monkeypatch.setenv("GEOFENCE_PRESENCE_SECRET", "an-environment-secret-that-is-wrong")
-    winner = Engine.from_paths(zones_dir, presence=url, presence_secret=SECRET)
+    winner = Engine.from_paths(zones_dir, presence=url, presence_secret=SECRET, clock=clock)
     assert winner.check_location(**far("ifa-env")).reason is Reason.RECENTLY_INSIDE
     winner.close()
 
 
 def test_memory_from_the_environment_and_a_random_secret(
-    zones_dir: Path, monkeypatch: pytest.MonkeyPatch
+    zones_dir: Path, monkeypatch: pytest.MonkeyPatch, fake_clock: FakeClock
 ) -> None:
     monkeypatch.setenv("GEOFENCE_PRESENCE_URL", "memory://?max_devices=5")
     monkeypatch.delenv("GEOFENCE_PRESENCE_SECRET", raising=False)
-    e = Engine.from_paths(zones_dir)
+    e = Engine.from_paths(zones_dir, clock=an_hour_later(fake_clock))
     e.observe(**at_clinic("ifa-mem"))
     assert e.check_location(**far("ifa-mem")).reason is Reason.RECENTLY_INSIDE
     assert e.check_location(**far("ifa-other")).reason is Reason.ALLOWED
@@ -483,10 +498,11 @@ def store_is_empty(e: Engine, backend: str, url: str) -> bool:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_device_id_is_judged_on_location_alone(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, fake_clock: FakeClock
 ) -> None:
     url = presence_url(backend, request, tmp_path)
-    e = Engine(zone_set(), presence=url, presence_secret=SECRET)
+    clock = an_hour_later(fake_clock)
+    e = Engine(zone_set(), presence=url, presence_secret=SECRET, clock=clock)
     assert e.check_location(**at_clinic(None)).reason is Reason.INSIDE_ZONE
     assert e.observe(None, CLINIC[0], CLINIC[1], 5.0, T0).reason is Reason.INSIDE_ZONE
     assert e.check_location(**far(None)).reason is Reason.ALLOWED
@@ -508,11 +524,12 @@ def test_no_device_id_is_judged_on_location_alone(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_device_id_reject_policy(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, fake_clock: FakeClock
 ) -> None:
     url = presence_url(backend, request, tmp_path)
     policy = 'pack = "us-strictest"\n[requests]\nno_device_id = "reject"\n'
-    e = Engine(zone_set(policy), presence=url, presence_secret=SECRET)
+    clock = an_hour_later(fake_clock)
+    e = Engine(zone_set(policy), presence=url, presence_secret=SECRET, clock=clock)
     assert e.check_location(**far(None)).reason is Reason.INVALID_REQUEST
     assert e.check_location(**at_clinic(None)).reason is Reason.INVALID_REQUEST
     assert e.check_location(**far("ifa-1")).reason is Reason.ALLOWED

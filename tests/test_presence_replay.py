@@ -11,7 +11,11 @@ windows. Nothing of the engine (index, lookback table, hasher) is used by the re
 Times: stores expire records by the wall clock, and the trace spans 16 months against lookbacks of
 days, so no shift can make it end near now without the store dropping the early records before the
 pings that need them arrive. The replay therefore *starts* at now: every record is live when it is
-needed, and expiry inside the trace is decided by the engine's `at < T + lookback`.
+needed, and expiry inside the trace is decided by the engine's `at < T + lookback`. The engine's
+own clock (a FakeClock) follows the trace, as a server's would while the pings arrive: the engine
+refuses request times ahead of its clock, and times older than its longest lookback (3 days here).
+So a batch spans at most BATCH_SPAN_S, and each device's window is checked as the clock passes
+its end rather than after the whole trace.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy.typing as npt
 import pyproj
 import pytest
 import shapely
+from conftest import FakeClock
 
 from geofence import Category, Engine, Reason
 from geofence.decision import NO_CATEGORY
@@ -78,6 +83,9 @@ CATEGORY_CYCLE = list(LOOKBACK_DAYS)
 MAX_ZONES = 16
 MIN_ZONE_SEPARATION_M = 600.0  # so a ping reaches at most one zone's near limit (< 150 m)
 PROBE = (-10.80, -36.80)  # at sea, tens of km from every zone: decided by history alone
+# A batch's pings span at most this: the batch is sent once its last ping is in, and the engine
+# refuses pings older than the longest lookback (3 days) by then.
+BATCH_SPAN_S = 86_400.0
 
 CLEAR, INSIDE, NEAR = 0, 1, 2
 
@@ -333,7 +341,9 @@ def replay(shared_data: Path) -> Replay:
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
-def engine(request: pytest.FixtureRequest, replay: Replay, tmp_path: Path) -> Iterator[Engine]:
+def engine(
+    request: pytest.FixtureRequest, replay: Replay, tmp_path: Path, fake_clock: FakeClock
+) -> Iterator[Engine]:
     url = {
         "memory": "memory://",
         "sqlite": f"sqlite:///{tmp_path}/presence.db",
@@ -341,7 +351,7 @@ def engine(request: pytest.FixtureRequest, replay: Replay, tmp_path: Path) -> It
     }[request.param]
     if request.param == "redis":
         url = request.getfixturevalue("redis_url")
-    e = Engine(replay.zone_set, presence=url, presence_secret=SECRET)
+    e = Engine(replay.zone_set, presence=url, presence_secret=SECRET, clock=fake_clock)
     yield e
     e.close()
 
@@ -405,25 +415,73 @@ def compare(
     assert not wrong, f"{len(wrong)} decisions differ from the reference, first: {wrong[:5]}"
 
 
-def check_windows_after(replay: Replay, engine: Engine) -> None:
-    """After the replay, each device is blocked until exactly its reference end, then allowed."""
+@dataclass(frozen=True)
+class WindowProbe:
+    """One device's check after its last presence block: blocked until `end`, then allowed."""
+
+    end: float  # the end of the device's last block, or just after the trace if never present
+    device: str
+    category: Category | None  # the block's category; None: never present
+
+
+def window_probes(replay: Replay) -> list[WindowProbe]:
+    """Every device's window check, in time order.
+
+    A device's check is due once the replay passes its end: all its presence lies at least a
+    lookback (a day or more) before that end, so the replay has recorded it all by then, and the
+    probe's times are still inside the engine's accepted window.
+    """
+    after = float(replay.pings.at[-1]) + 1.0
+    probes = []
     for device, history in replay.expected.last_presence.items():
         ends = {c: t + LOOKBACK_DAYS[c] * DAY for c, t in history.items()}
-        probe = {"lat": PROBE[0], "lon": PROBE[1], "accuracy_m": 10.0, "device_id": device}
         if not ends:
-            later = float(replay.pings.at[-1]) + 1.0
-            assert engine.check_location(**probe, at=later).reason is Reason.ALLOWED
+            probes.append(WindowProbe(after, device, None))
             continue
         best = max(ends, key=lambda c: ends[c])
-        d = engine.check_location(**probe, at=ends[best] - 1.0)
-        assert (d.reason, d.category, d.until) == (Reason.RECENTLY_INSIDE, best, ends[best])
-        assert engine.check_location(**probe, at=ends[best]).reason is Reason.ALLOWED
+        probes.append(WindowProbe(ends[best], device, best))
+    return sorted(probes, key=lambda w: w.end)
 
 
-def test_replay_one_request_at_a_time(replay: Replay, engine: Engine) -> None:
+def check_windows_before(
+    probes: list[WindowProbe], until: float, engine: Engine, clock: FakeClock
+) -> None:
+    """Run, and remove, the probes that end before `until`: each device is blocked until exactly
+    its reference end, then allowed (and a device never present is allowed after the trace)."""
+    while probes and probes[0].end < until:
+        w = probes.pop(0)
+        clock.to(w.end)  # the clock only moves forward; in a batch replay it may be a day ahead
+        probe = {"lat": PROBE[0], "lon": PROBE[1], "accuracy_m": 10.0, "device_id": w.device}
+        if w.category is None:
+            assert engine.check_location(**probe, at=w.end).reason is Reason.ALLOWED
+            continue
+        d = engine.check_location(**probe, at=w.end - 1.0)
+        assert (d.reason, d.category, d.until) == (Reason.RECENTLY_INSIDE, w.category, w.end)
+        assert engine.check_location(**probe, at=w.end).reason is Reason.ALLOWED
+
+
+def time_ordered_batches(at: F64, size: int) -> list[slice]:
+    """Consecutive slices of at most `size` pings spanning at most BATCH_SPAN_S each."""
+    slices, lo = [], 0
+    while lo < len(at):
+        hi = lo + 1
+        while hi < min(len(at), lo + size) and at[hi] - at[lo] <= BATCH_SPAN_S:
+            hi += 1
+        slices.append(slice(lo, hi))
+        lo = hi
+    return slices
+
+
+def test_replay_one_request_at_a_time(
+    replay: Replay, engine: Engine, fake_clock: FakeClock
+) -> None:
     p = replay.pings
+    probes = window_probes(replay)
+    assert len(probes) == len(replay.expected.last_presence)
     got = []
     for i in range(len(p.device)):
+        check_windows_before(probes, float(p.at[i]), engine, fake_clock)
+        fake_clock.to(float(p.at[i]))  # the ping arrives now
         args = (float(p.lat[i]), float(p.lon[i]), float(p.acc[i]))
         if i % 2:
             d = engine.observe(p.device[i], *args, at=float(p.at[i]))
@@ -431,15 +489,23 @@ def test_replay_one_request_at_a_time(replay: Replay, engine: Engine) -> None:
             d = engine.check_location(*args, device_id=p.device[i], at=float(p.at[i]))
         got.append(decided(d))
     compare(replay, got)
-    check_windows_after(replay, engine)
+    check_windows_before(probes, math.inf, engine, fake_clock)
+    assert not probes
 
 
 @pytest.mark.parametrize("size", [997])
-def test_replay_in_time_ordered_batches(replay: Replay, engine: Engine, size: int) -> None:
+def test_replay_in_time_ordered_batches(
+    replay: Replay, engine: Engine, size: int, fake_clock: FakeClock
+) -> None:
     p = replay.pings
+    probes = window_probes(replay)
+    assert len(probes) == len(replay.expected.last_presence)
+    batches = time_ordered_batches(p.at, size)
+    assert max(sl.stop - sl.start for sl in batches) == size  # some batches are full
     got = []
-    for k, lo in enumerate(range(0, len(p.device), size)):
-        sl = slice(lo, lo + size)
+    for k, sl in enumerate(batches):
+        check_windows_before(probes, float(p.at[sl.start]), engine, fake_clock)
+        fake_clock.to(float(p.at[sl].max()))  # the batch is sent once its last ping is in
         ids = np.array(p.device[sl], dtype=object)
         if k % 2:
             b = engine.observe_many(ids, p.lat[sl], p.lon[sl], p.acc[sl], at=p.at[sl])
@@ -449,4 +515,5 @@ def test_replay_in_time_ordered_batches(replay: Replay, engine: Engine, size: in
             assert (int(b.category[j]) == NO_CATEGORY) == (b.decision(j).category is None)
             got.append(decided(b.decision(j)))
     compare(replay, got)
-    check_windows_after(replay, engine)
+    check_windows_before(probes, math.inf, engine, fake_clock)
+    assert not probes

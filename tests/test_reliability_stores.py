@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import shapely
+from conftest import FakeClock
 from redis_server import RedisServer, free_port
 
 from geofence import Category, Engine, Reason
@@ -134,7 +135,9 @@ def test_redis_killed_and_restarted_under_load(own_server: RedisServer) -> None:
     # engine (no process memory) and a plain store.
     acked = sorted({e[1] for e in before if e[0] == "observe"})
     assert len(acked) >= 150
-    fresh = Engine(zone_set(), presence=own_server.url, presence_secret=SECRET)
+    fresh = Engine(
+        zone_set(), presence=own_server.url, presence_secret=SECRET, clock=FakeClock(T0 + DAY)
+    )
     lost = [
         i
         for i in acked
@@ -174,9 +177,11 @@ CHILD = textwrap.dedent(
     path, secret, t0 = sys.argv[1], sys.argv[2], float(sys.argv[3])
     zones = [Zone("clinic", "", Category.REPRODUCTIVE_HEALTH, shapely.Point(-122.33, 47.61), 30.0)]
     zs = ZoneSet.compile(zones, load_policy_text('pack = "us-strictest"\\n', "<t>"), "v")
-    engine = Engine(zs, presence="sqlite:///" + path, presence_secret=secret)
+    now = [t0]  # the engine's clock follows the simulated write times (t0 + i)
+    engine = Engine(zs, presence="sqlite:///" + path, presence_secret=secret, clock=lambda: now[0])
     i = 0
     while True:
+        now[0] = t0 + i
         if i % 4:
             d = engine.observe(f"dev-{i}", 47.61, -122.33, 5.0, at=t0 + i)
             assert d.reason.value == "inside_zone", d
@@ -221,7 +226,9 @@ def test_sqlite_writer_killed_mid_write_loses_no_committed_record(tmp_path: Path
     missing = [i for i, f in zip(done, found, strict=True) if CLINIC_CODE not in f]
     assert missing == []
     store.close()
-    engine = Engine(zone_set(), presence=f"sqlite:///{path}", presence_secret=SECRET)
+    engine = Engine(
+        zone_set(), presence=f"sqlite:///{path}", presence_secret=SECRET, clock=FakeClock(T0 + DAY)
+    )
     d = engine.check_location(
         lat=FAR[0], lon=FAR[1], accuracy_m=5.0, device_id=f"dev-{done[-1]}", at=T0 + DAY
     )
@@ -231,7 +238,13 @@ def test_sqlite_writer_killed_mid_write_loses_no_committed_record(tmp_path: Path
 
 # Found by fuzzing; the engine now drops records a store refuses outright.
 def test_one_absurd_time_does_not_poison_the_redis_engine(redis_url: str) -> None:
-    engine = Engine(zone_set(), presence=redis_url, presence_secret=SECRET)
+    """A record Redis refuses (its expiry overflows) is dropped, not retried before every request.
+
+    The engine's clock reads the absurd time too, so the request is not refused as being from
+    the future and its record really reaches the store.
+    """
+    clock = FakeClock(1.7e308)
+    engine = Engine(zone_set(), presence=redis_url, presence_secret=SECRET, clock=clock)
     engine.check_location(
         lat=CLINIC[0], lon=CLINIC[1], accuracy_m=5.0, device_id="absurd", at=1.7e308
     )

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import shapely
+from conftest import FakeClock
 
 from geofence import Category, Engine
 from geofence.beacons import Beacon, BeaconRegistry
@@ -143,7 +144,7 @@ def presence_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path, r
 
 @pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
 def test_concurrent_calls_equal_sequential_calls(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, fake_clock: FakeClock
 ) -> None:
     scripts = [script(t) for t in range(THREADS)]
     kinds = {op[0] for s in scripts for op in s}
@@ -157,9 +158,15 @@ def test_concurrent_calls_equal_sequential_calls(
         "forget",
     }
 
+    # Both engines' clocks stand still at the end of the scripted times, so every call's time
+    # is in the engine's present or past, and OpenRTB's "now" is the same in both runs.
+    fake_clock.to(T0 + 60.0 * OPS_PER_THREAD)
     # In sequence: thread 0's calls, then thread 1's, ...
     seq_engine = Engine(
-        zone_set(), presence=presence_url(backend, request, tmp_path, "seq"), presence_secret=SECRET
+        zone_set(),
+        presence=presence_url(backend, request, tmp_path, "seq"),
+        presence_secret=SECRET,
+        clock=fake_clock,
     )
     sequential = [[run(seq_engine, op) for op in s] for s in scripts]
     seq_contents = contents(seq_engine, seq_engine._store)
@@ -167,7 +174,10 @@ def test_concurrent_calls_equal_sequential_calls(
 
     # All at once, on a fresh store; a barrier lines the threads up so they really overlap.
     par_engine = Engine(
-        zone_set(), presence=presence_url(backend, request, tmp_path, "par"), presence_secret=SECRET
+        zone_set(),
+        presence=presence_url(backend, request, tmp_path, "par"),
+        presence_secret=SECRET,
+        clock=fake_clock,
     )
     results: list[list[Any]] = [[] for _ in range(THREADS)]
     errors: list[BaseException] = []

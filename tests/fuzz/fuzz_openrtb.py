@@ -3,9 +3,11 @@
 Each input is either raw bytes handed to `check_openrtb` (as bytes, text or parsed JSON), or a
 script of values decoded with FuzzedDataProvider and handed to `check_location`, `check_many` and
 `check_beacon`. The oracle is the contract: nothing raises, every answer is a decision, and a
-malformed request (not JSON, not an object, a bad coordinate) is never allowed.
+malformed request (not JSON, not an object, a bad coordinate, a time more than the allowed clock
+skew in the future or older than the policy's longest lookback, a `lastfix` older than that
+lookback) is never allowed.
 
-    .venv/bin/pip install atheris
+    .venv/bin/pip install -e '.[dev,fuzz]'    # atheris is the `fuzz` extra
     .venv/bin/python tests/fuzz/fuzz_openrtb.py -atheris_runs=1000000 [corpus_dir]
 
 It prints the number of cases run and the reasons seen when it ends; a failure stops it with the
@@ -21,6 +23,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ import geofence.engine
 import geofence.openrtb
 from geofence import Engine, Reason
 from geofence.decision import BatchDecision, Decision
+from geofence.engine import MAX_CLOCK_SKEW_S
 
 
 def _instrument(*modules: Any) -> int:
@@ -61,6 +65,7 @@ INSTRUMENTED = _instrument(geofence.engine, geofence.openrtb, geofence.beacons, 
 REPO = Path(__file__).resolve().parents[2]
 logging.disable(logging.CRITICAL)  # internal_error is logged; the oracle checks it instead
 ENGINE = Engine.from_paths(REPO / "zones")
+MAX_LOOKBACK_S = ENGINE.zone_set.policy.max_lookback_s
 SEEN: Counter[str] = Counter()
 CASES = Counter[str]()
 
@@ -125,6 +130,18 @@ def _array(fdp: atheris.FuzzedDataProvider, n: int) -> Any:
     return _value(fdp)
 
 
+def _too_late(at: Any) -> bool:
+    """A number after the clock plus the allowed skew (read after the engine read its clock, so
+    a time the engine may accept is never called too late)."""
+    return _number_ok(at, math.inf) and float(at) > time.time() + MAX_CLOCK_SKEW_S
+
+
+def _too_early(at: Any, before: float) -> bool:
+    """A number older than the clock minus the longest lookback (`before` is read before the
+    engine reads its clock, so a time the engine may accept is never called too early)."""
+    return _number_ok(at, math.inf) and float(at) < before - MAX_LOOKBACK_S
+
+
 def _number_ok(v: Any, limit: float) -> bool:
     """A real number (Python or NumPy, not a bool), finite, at most `limit` in size."""
     if isinstance(v, bool | np.bool_ | np.timedelta64):
@@ -167,15 +184,24 @@ def one_input(data: bytes) -> None:
         d = _check(ENGINE.check_openrtb(req))
         if d.allowed and not (_number_ok(geo["lat"], 90) and _number_ok(geo["lon"], 180)):
             raise AssertionError(f"malformed location allowed: {req!r}")
+        # (a second over the lookback: the engine's now - lastfix rounds)
+        lastfix = geo.get("lastfix")
+        if d.allowed and _number_ok(lastfix, math.inf) and float(lastfix) > MAX_LOOKBACK_S + 1:
+            raise AssertionError(f"a fix older than the longest lookback allowed: {req!r}")
     elif target == 2:
         lat, lon, acc, at = (_value(fdp) for _ in range(4))
         device = _value(fdp) if fdp.ConsumeBool() else None
         CASES["check_location"] += 1
+        before = time.time()
         d = _check(ENGINE.check_location(lat=lat, lon=lon, accuracy_m=acc, device_id=device, at=at))
         if d.allowed and not (_number_ok(lat, 90) and _number_ok(lon, 180)):
             raise AssertionError(f"malformed location allowed: {lat!r}, {lon!r}")
         if d.allowed and acc is not None and not (_number_ok(acc, 1e300) and acc >= 0):
             raise AssertionError(f"malformed accuracy allowed: {acc!r}")
+        if d.allowed and _too_late(at):
+            raise AssertionError(f"a time from the future allowed: {at!r}")
+        if d.allowed and _too_early(at, before):
+            raise AssertionError(f"a time older than the longest lookback allowed: {at!r}")
     elif target == 3:
         n = fdp.ConsumeIntInRange(0, 8)
         lat, lon, acc = _array(fdp, n), _array(fdp, n), _array(fdp, n)
@@ -195,11 +221,15 @@ def one_input(data: bytes) -> None:
             fdp.ConsumeUnicode(fdp.ConsumeIntInRange(0, 48)) if fdp.ConsumeBool() else _value(fdp)
         )
         CASES["check_beacon"] += 1
-        d = _check(
-            ENGINE.check_beacon(beacon, device_id=_value(fdp), at=_value(fdp), rssi=_value(fdp))
-        )
+        device, at = _value(fdp), _value(fdp)  # drawn in the order they always were
+        before = time.time()
+        d = _check(ENGINE.check_beacon(beacon, device_id=device, at=at, rssi=_value(fdp)))
         if d.allowed and not isinstance(beacon, str):
             raise AssertionError(f"non-string beacon id allowed: {beacon!r}")
+        if d.allowed and _too_late(at):
+            raise AssertionError(f"a beacon sighting from the future allowed: {at!r}")
+        if d.allowed and _too_early(at, before):
+            raise AssertionError(f"a beacon sighting before the lookback allowed: {at!r}")
 
 
 def _report() -> None:

@@ -7,6 +7,7 @@ its own fresh process under a memory and time watchdog. See benchmarks/README.md
     .venv/bin/python benchmarks/bench_scale.py             # 1k, 50k, 1M zones
     .venv/bin/python benchmarks/bench_scale.py --quick     # 1k, 50k
     .venv/bin/python benchmarks/bench_scale.py --sizes 1000,200000 --points 100000
+    .venv/bin/python benchmarks/bench_scale.py --startup-only --sizes 50000   # .gfz only
 """
 
 from __future__ import annotations
@@ -237,6 +238,26 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def worker_compile_save(job: dict[str, Any]) -> dict[str, Any]:
+    """Compile and save only (--startup-only): the .gfz's size and the time to write it."""
+    with open(job["zones"], "rb") as fh:
+        zones, policy = pickle.load(fh)
+    t = time.perf_counter()
+    zs = ZoneSet.compile(zones, policy, "bench")
+    compile_s = time.perf_counter() - t
+    Path(job["mark"]).write_text(f"{compile_s}\n")
+    del zones
+    gc.collect()
+    t = time.perf_counter()
+    Engine(zs).save(job["gfz"])
+    save_s = time.perf_counter() - t
+    return {
+        "compile_s": compile_s,
+        "save_s": save_s,
+        "gfz_mb": Path(job["gfz"]).stat().st_size / 2**20,
+    }
+
+
 def worker_strtree(job: dict[str, Any]) -> dict[str, Any]:
     """bench_batch's STRtree batch, plus tree.query(Point) per call, each call timed alone."""
     ctx = load_job(job, buffered=True)
@@ -271,6 +292,7 @@ def worker_rtree(job: dict[str, Any]) -> dict[str, Any]:
 
 WORKERS = {
     "geofence": worker_geofence,
+    "compile_save": worker_compile_save,
     "strtree": worker_strtree,
     "sjoin": worker_sjoin,
     "rtree": worker_rtree,
@@ -374,8 +396,8 @@ def run_worker(name: str, job_path: Path, out: Path, args: argparse.Namespace) -
         args.max_rss_gb * 1024,
         args.min_free_gb * 1024,
         args.max_worker_s,
-        Path(job["mark"]) if name == "geofence" else None,
-        args.max_compile_s if name == "geofence" else None,
+        Path(job["mark"]) if name in ("geofence", "compile_save") else None,
+        args.max_compile_s if name in ("geofence", "compile_save") else None,
     )
     if w["stopped"] or w["returncode"] != 0 or not out.exists():
         return {"failed": w["stopped"] or f"exit {w['returncode']}", "watch": w}
@@ -477,6 +499,62 @@ def measure_size(
         f.unlink()
     d.rmdir()
     return res
+
+
+def startup(gfz: str, args: argparse.Namespace) -> dict[str, Any]:
+    """STARTUP in a fresh interpreter: its JSON, or why it failed."""
+    run = watched(
+        [sys.executable, "-c", STARTUP, gfz],
+        args.max_rss_gb * 1024,
+        args.min_free_gb * 1024,
+        args.max_worker_s,
+    )
+    if run["stopped"] or run["returncode"] != 0:
+        return {"failed": run["stopped"] or f"exit {run['returncode']}"}
+    return dict(json.loads(run["stdout"].strip().splitlines()[-1]))
+
+
+def startup_only(real: list[Zone], policy: Any, sizes: list[int], args: argparse.Namespace) -> int:
+    """--startup-only: per size, compile and save a .gfz once, then load it --startup-runs times.
+
+    Each load runs in a fresh interpreter, one after another, so the spread between runs shows
+    how much of start-up is the machine (page cache, fresh memory) rather than the loader.
+    Nothing is written to the results folder: the full run owns scale.json.
+    """
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="geofence-startup-") as tmp:
+        for n in sizes:
+            rng = np.random.default_rng(args.seed + n)
+            zones = make_zones(real, n, args.layout, rng, args.jitter_km * 1000)
+            d = Path(tmp) / str(n)
+            d.mkdir()
+            with (d / "zones.pickle").open("wb") as fh:
+                pickle.dump((zones, policy), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            del zones
+            job = {"zones": str(d / "zones.pickle"), "gfz": str(d / "zones.gfz"),
+                   "mark": str(d / "compiled.mark")}  # fmt: skip
+            (d / "job.json").write_text(json.dumps(job))
+            made = run_worker("compile_save", d / "job.json", d / "compile_save.out", args)
+            if "failed" in made:
+                print(f"  {n:,} zones: compile stopped: {made['failed']}", flush=True)
+                continue
+            loads = [startup(job["gfz"], args) for _ in range(args.startup_runs)]
+            ok = [r["load_s"] for r in loads if "failed" not in r]
+            rows.append((n, made, loads))
+            print(
+                f"  {n:,} zones: compile {made['compile_s']:.1f} s; .gfz {made['gfz_mb']:,.0f} MB "
+                f"saved in {made['save_s']:.2f} s; load "
+                + ", ".join(f"{x:.2f}" for x in ok)
+                + (f" s (median {float(np.median(ok)):.2f} s)" if ok else " (failed)")
+                + "; peak "
+                + ", ".join(f"{r.get('peak_rss_mb') or 0:,.0f}" for r in loads)
+                + " MB",
+                flush=True,
+            )
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+    return 0
 
 
 # --- the table, JSON and plot ---------------------------------------------------------------------
@@ -708,6 +786,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-worker-s", type=float, default=1800.0, help="stop any worker after")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"results folder ({RESULTS})")
     ap.add_argument("--replot", type=Path, help="only redraw the plot from a scale.json")
+    ap.add_argument(
+        "--startup-only",
+        action="store_true",
+        help="only compile, save and load a .gfz per size (no baselines, no results written)",
+    )
+    ap.add_argument("--startup-runs", type=int, default=3, help="loads per size (3)")
     ap.add_argument("--worker", nargs=3, metavar=("METHOD", "JOB", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -739,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(header), flush=True)
     real, policy, label = load_shared(args.data, "both")
     print(f"zones   : {label} real; policy pack {policy.pack}; sizes {sizes}", flush=True)
+    if args.startup_only:
+        return startup_only(real, policy, sizes, args)
 
     results = []
     with tempfile.TemporaryDirectory(prefix="geofence-scale-") as tmp:

@@ -1,149 +1,161 @@
-"""Compiled zone-set files (`.gfz`): one checksummed file that `Engine.load` opens.
+"""Compiled zone-set files (`.gfz`): one checksummed file that `Engine.load` opens quickly.
 
-The file is a ZIP archive holding `manifest.json` and `zoneset.json`. The manifest names the
-format and its version, and gives the SHA-256 of the payload. The payload is plain JSON: zone
-attributes with geometry as hex WKB, the resolved policy, and the beacon registry. Loading checks
-the magic, the format version, the size limits and the checksum before it parses anything, and
-it parses only data. Nothing is unpickled or executed, so a foreign or corrupt file is refused
-with a CompiledFileError.
+The file is a ZIP archive (members stored, not deflated, so reading is a copy). `manifest.json`
+names the format and its version and gives the SHA-256 and size of every other member.
+`zoneset.json` holds what is text: the zone set's version, the resolved policy, the beacon
+registry, and the zones' ids, names, sources and jurisdictions as columns. Everything else is a
+NumPy `.npy` member: the zones' numbers and geometry (WKB in one byte array plus offsets), and
+the built index: `ExactIndex`'s pieces (projected WKB, tiles, bounds) and `GridIndex`'s tables
+(flat rings, forced boxes, the coarse table's keys, and both cell levels in the kernel's own
+layout). Loading builds nothing expensive: hash tables are refilled from their keys (the
+subcells' keys derived from the split fine cells), the STRtree from the pieces' stored bounds,
+and the `Zone` objects from the columns. Decisions are the compiled set's, array for array.
+
+Loading checks the magic, the format version, the size limits and every member's checksum before
+it parses anything, and it parses only data: JSON, and `.npy` headers read with
+`allow_pickle=False`. Nothing is unpickled or executed. Because whoever crafts a file can also
+write a matching manifest, every array is then checked as data: dtype and shape, finiteness, and
+every index and offset within range of what it indexes, so a hostile file is refused with a
+CompiledFileError and can never steer a compiled kernel outside its arrays.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
+import itertools
 import json
 import math
+import os
 import zipfile
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 import shapely
-from shapely.geometry.base import BaseGeometry
 
 from geofence.beacons import Beacon, BeaconRegistry
-from geofence.categories import Category
-from geofence.errors import CompiledFileError
+from geofence.categories import CATEGORIES, Category
+from geofence.errors import CompiledFileError, Problem
+from geofence.geodesy import N_COLS, N_ROWS
+from geofence.grid import (
+    COARSE_COLS,
+    COARSE_ROWS,
+    FINE_COLS,
+    FINE_ROWS,
+    STATE_INSIDE,
+    STATE_NEAR,
+    STATE_SUB,
+    SUB,
+    GridIndex,
+    Level,
+    child_keys_of,
+)
+from geofence.index import INTERIOR, ExactIndex
+from geofence.kernels import FlatParts, HashTable, level_fault
 from geofence.policy import _CHOICES as POLICY_CHOICES
 from geofence.policy import BeaconRules, CategoryRule, Policy, PresenceRules, RequestRules
-from geofence.zones import MAX_VERTICES_PER_ZONE, MAX_ZONES, POLYGONAL, Zone
+from geofence.zones import MAX_VERTICES_PER_ZONE, MAX_ZONES, Zone
 from geofence.zoneset import ZoneSet
 
 FORMAT = "geofence-zoneset"
-FORMAT_VERSION = 1
-# Refused before anything is decompressed or parsed. The sizes are the ones the ZIP declares;
-# zipfile stops at a declared size (and fails the CRC) however much a member would inflate to.
-MAX_FILE_BYTES = 2 << 30  # the .gfz file itself
-MAX_PAYLOAD_BYTES = 2 << 30  # zoneset.json, uncompressed
+# 1: JSON zones, index rebuilt on load. 2: the built index stored as .npy arrays.
+FORMAT_VERSION = 2
+# Refused before anything is read or parsed. The sizes are the ones the ZIP declares; zipfile
+# stops at a declared size (and fails the CRC) however much a member would inflate to.
+MAX_FILE_BYTES = 8 << 30  # the .gfz file itself (a 1M-zone set is a few GB of tables)
+MAX_PAYLOAD_BYTES = 8 << 30  # every member but the manifest, uncompressed, together
 MAX_MANIFEST_BYTES = 64 * 1024  # manifest.json, uncompressed
-MAX_MEMBERS = 16  # entries in the archive (a real file has two)
+MAX_MEMBERS = 64  # entries in the archive (a real file has 2 + len(ARRAYS))
+META = "zoneset.json"  # the name format 1 gave its one JSON payload
+MANIFEST = "manifest.json"
 # Zone count and vertices per zone: the limits of geofence.zones (checked after parsing too).
+
+# A level's arrays, in the kernel's layout (see grid.Level); its hash table is rebuilt from keys.
+_LEVEL_FIELDS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "ints": ("i8", (5,)),
+    "floats": ("f8", (3,)),
+    "entries": ("i8", (2,)),
+    "combos": ("f8", (9,)),
+}
+
+# Every array member: name -> (dtype, shape after the first axis). Lengths are checked against
+# each other once all are read.
+ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "zone.category": ("u1", ()),
+    "zone.radius_m": ("f8", ()),
+    "zone.buffer_m": ("f8", ()),  # the zone's own buffer_m; NaN: none
+    "zone.valid_from": ("f8", ()),  # NaN: none
+    "zone.valid_until": ("f8", ()),  # NaN: none
+    "zone.wkb": ("u1", ()),  # every zone's WKB, end to end
+    "zone.wkb_start": ("i8", ()),  # zone i is wkb[start[i]:start[i + 1]]
+    "part.zone": ("i8", ()),
+    "part.tile": ("i8", ()),
+    "part.bounds": ("f8", (4,)),
+    "part.wkb": ("u1", ()),  # pieces in their tile frames (lon/lat for INTERIOR pieces)
+    "part.wkb_start": ("i8", ()),
+    "flat.is_point": ("b1", ()),
+    "flat.ring_start": ("i8", ()),
+    "flat.coord_start": ("i8", ()),
+    "flat.xs": ("f8", ()),
+    "flat.ys": ("f8", ()),
+    "grid.forced": ("f8", (4,)),
+    "coarse.keys": ("i8", ()),  # in slot order: strictly increasing
+    "coarse.clearance": ("f8", ()),
+    "fine.keys": ("i8", ()),  # in slot order: strictly increasing (sub keys are derived)
+    **{f"fine.{k}": v for k, v in _LEVEL_FIELDS.items()},
+    **{f"sub.{k}": v for k, v in _LEVEL_FIELDS.items()},
+}
+MEMBERS = frozenset({META, *(f"{name}.npy" for name in ARRAYS)})
+
+
+# --- writing -----------------------------------------------------------------------------------
 
 
 def save(zone_set: ZoneSet, path: str | Path) -> Path:
-    """Write `zone_set` to `path` as a compiled file; return the path."""
-    payload = json.dumps(_to_data(zone_set), separators=(",", ":")).encode("utf-8")
+    """Write `zone_set`, its built index included, to `path` as a compiled file; return it."""
+    members: dict[str, bytes] = {
+        META: json.dumps(_meta(zone_set), separators=(",", ":")).encode("utf-8")
+    }
+    for name, array in _arrays(zone_set).items():
+        dtype, tail = ARRAYS[name]
+        a = np.ascontiguousarray(array, dtype=np.dtype(dtype))
+        assert a.shape[1:] == tail, (name, a.shape)  # a bug here, not a user error
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        members[f"{name}.npy"] = buf.getvalue()
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "zone_set_version": zone_set.version,
         "zones": len(zone_set),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "payload_bytes": len(payload),
+        "members": {
+            name: {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+            for name, raw in members.items()
+        },
     }
     out = Path(path)
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("manifest.json", json.dumps(manifest, indent=1))
-        zf.writestr("zoneset.json", payload)
+    # Written beside the target and renamed over it: a reader never sees half a file, and a
+    # failed save leaves the old one.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        # Stored, not deflated: the tables are most of the file, and inflating them would cost
+        # more start-up time than reading them.
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
+            for name, raw in members.items():
+                zf.writestr(name, raw)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
-def load(path: str | Path) -> ZoneSet:
-    """Read and verify a compiled file; raise CompiledFileError on anything amiss.
-
-    Checked in order, each before the work it guards: the file's size; the archive's members and
-    their declared sizes; the manifest (format, version, zone count); the payload's SHA-256; then
-    the payload is parsed as JSON and every value checked for type and range (zones: geometry
-    type, vertex count, coordinates, validity) before a zone set is compiled from it.
-    """
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CompiledFileError(
-                f"{p}: file of {size} bytes is over the limit of {MAX_FILE_BYTES}"
-            )
-        with zipfile.ZipFile(p) as zf:
-            members = zf.infolist()
-            if len(members) > MAX_MEMBERS:
-                raise CompiledFileError(
-                    f"{p}: {len(members)} archive members; a compiled file has 2"
-                )
-            info = zf.getinfo("manifest.json")
-            if info.file_size > MAX_MANIFEST_BYTES:
-                raise CompiledFileError(
-                    f"{p}: manifest of {info.file_size} bytes is over the limit of "
-                    f"{MAX_MANIFEST_BYTES}"
-                )
-            manifest = json.loads(zf.read(info))
-            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-                raise CompiledFileError(f"{p}: not a geofence compiled zone set")
-            if manifest.get("format_version") != FORMAT_VERSION:
-                raise CompiledFileError(
-                    f"{p}: format version {manifest.get('format_version')!r}; this geofence "
-                    f"reads version {FORMAT_VERSION}: recompile with `geofence compile`"
-                )
-            zones = manifest.get("zones")
-            if isinstance(zones, int) and not isinstance(zones, bool) and zones > MAX_ZONES:
-                raise CompiledFileError(
-                    f"{p}: {zones} zones, over the limit of {MAX_ZONES} (geofence.zones.MAX_ZONES)"
-                )
-            info = zf.getinfo("zoneset.json")
-            if info.file_size > MAX_PAYLOAD_BYTES:
-                raise CompiledFileError(
-                    f"{p}: payload of {info.file_size} bytes is over the limit of "
-                    f"{MAX_PAYLOAD_BYTES}"
-                )
-            payload = zf.read(info)
-    except CompiledFileError:
-        raise
-    except (
-        OSError,
-        KeyError,
-        zipfile.BadZipFile,
-        zipfile.LargeZipFile,
-        NotImplementedError,  # a compression method zipfile does not implement
-        ValueError,
-        EOFError,
-        RecursionError,
-    ) as exc:
-        raise CompiledFileError(f"{p}: not a readable compiled zone set ({exc})") from None
-    if not isinstance(manifest.get("payload_sha256"), str) or (
-        hashlib.sha256(payload).hexdigest() != manifest["payload_sha256"]
-    ):
-        raise CompiledFileError(f"{p}: checksum mismatch: the file is corrupt or was altered")
-    try:
-        data = json.loads(payload, parse_constant=_no_constant)
-        return _from_data(_checked(data))
-    except CompiledFileError as exc:
-        raise CompiledFileError(f"{p}: {exc}") from None
-    except (
-        KeyError,
-        TypeError,
-        ValueError,
-        AttributeError,
-        RecursionError,
-        shapely.errors.GEOSException,
-    ) as exc:
-        raise CompiledFileError(f"{p}: malformed payload ({type(exc).__name__}: {exc})") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _to_data(zs: ZoneSet) -> dict[str, Any]:
+def _meta(zs: ZoneSet) -> dict[str, Any]:
     p = zs.policy
     return {
         "version": zs.version,
@@ -155,28 +167,324 @@ def _to_data(zs: ZoneSet) -> dict[str, Any]:
             "beacons": dataclasses.asdict(p.beacons),
             "presence": dataclasses.asdict(p.presence),
         },
-        "zones": [
-            {
-                "id": z.id,
-                "name": z.name,
-                "category": z.category.value,
-                "wkb": shapely.to_wkb(z.geometry, hex=True),
-                "radius_m": z.radius_m,
-                "buffer_m": z.buffer_m,
-                "valid_from": z.valid_from,
-                "valid_until": z.valid_until,
-                "jurisdiction": z.jurisdiction,
-                "source": z.source,
-            }
-            for z in zs.zones
-        ],
+        "zones": {
+            "id": [z.id for z in zs.zones],
+            "name": [z.name for z in zs.zones],
+            "source": [z.source for z in zs.zones],
+            "jurisdiction": [z.jurisdiction for z in zs.zones],
+        },
         "beacons": (
             [dataclasses.asdict(b) for b in zs.beacons.beacons] if zs.beacons is not None else None
         ),
     }
 
 
-# --- checking a payload: types and ranges, before anything is built from it ---------------------
+def _blob(geoms: npt.NDArray[np.object_]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """WKB of every geometry, end to end, and where each one starts (plus the end)."""
+    wkb = shapely.to_wkb(geoms) if len(geoms) else np.empty(0, dtype=object)
+    sizes = np.fromiter((len(b) for b in wkb), dtype=np.int64, count=len(wkb))
+    start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return np.frombuffer(b"".join(wkb), dtype=np.uint8), start
+
+
+def _none_nan(values: list[float | None]) -> npt.NDArray[np.float64]:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _arrays(zs: ZoneSet) -> dict[str, npt.ArrayLike]:
+    ex, grid = zs.exact, zs.index
+    if not isinstance(grid, GridIndex):
+        raise TypeError(f"only a GridIndex can be saved, not {type(grid).__name__}")
+    zones = zs.zones
+    geoms = np.empty(len(zones), dtype=object)
+    geoms[:] = [z.geometry for z in zones]
+    zone_wkb, zone_start = _blob(geoms)
+    part_wkb, part_start = _blob(ex.part_geom)
+    out: dict[str, npt.ArrayLike] = {
+        "zone.category": zs.category,
+        "zone.radius_m": np.array([z.radius_m for z in zones], dtype=np.float64),
+        "zone.buffer_m": _none_nan([z.buffer_m for z in zones]),
+        "zone.valid_from": _none_nan([z.valid_from for z in zones]),
+        "zone.valid_until": _none_nan([z.valid_until for z in zones]),
+        "zone.wkb": zone_wkb,
+        "zone.wkb_start": zone_start,
+        "part.zone": ex.part_zone,
+        "part.tile": ex.part_tile,
+        "part.bounds": np.asarray(ex.part_bounds, dtype=np.float64).reshape(-1, 4),
+        "part.wkb": part_wkb,
+        "part.wkb_start": part_start,
+        "flat.is_point": grid.flat.is_point,
+        "flat.ring_start": grid.flat.ring_start,
+        "flat.coord_start": grid.flat.coord_start,
+        "flat.xs": grid.flat.xs,
+        "flat.ys": grid.flat.ys,
+        "grid.forced": grid.forced.reshape(-1, 4),
+        "coarse.keys": grid.coarse.slot_keys(),
+        "coarse.clearance": grid.coarse_clearance,
+        "fine.keys": grid.fine.table.slot_keys(),
+    }
+    for prefix, level in (("fine", grid.fine), ("sub", grid.sub)):
+        for field in _LEVEL_FIELDS:
+            out[f"{prefix}.{field}"] = getattr(level, field)  # ints, floats, entries, combos
+    return out
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def load(path: str | Path) -> ZoneSet:
+    """Read and verify a compiled file; raise CompiledFileError on anything amiss.
+
+    Checked in order, each before the work it guards: the file's size; the archive's members and
+    their declared sizes; the manifest (format, version, zone count, one entry per member); each
+    member's SHA-256; then zoneset.json is parsed and every value checked for type and range, the
+    arrays are parsed (`.npy`, no pickles) and checked for dtype, shape, finiteness and indexes
+    in range, and the zones' geometry for type, vertex count, coordinates and validity. Only then
+    is a zone set assembled from them.
+    """
+    p = Path(path)
+    with ThreadPoolExecutor(1, "gfz-load") as work:
+        return _load(p, work)
+
+
+def _load(p: Path, work: ThreadPoolExecutor) -> ZoneSet:
+    jobs: dict[str, Future[Any]] = {}
+    try:
+        meta_raw, arrays = _read_members(p, work, jobs)
+    except CompiledFileError:
+        raise
+    except (
+        OSError,
+        KeyError,
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,  # a compression method zipfile does not implement
+        ValueError,
+        EOFError,
+        RecursionError,
+        MemoryError,
+    ) as exc:
+        raise CompiledFileError(f"{p}: not a readable compiled zone set ({exc})") from None
+    try:
+        meta = _checked(json.loads(meta_raw, parse_constant=_no_constant))
+        return _assemble(meta, arrays, jobs)
+    except CompiledFileError as exc:
+        raise CompiledFileError(f"{p}: {exc}") from None
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        RecursionError,
+        MemoryError,
+        shapely.errors.GEOSException,
+    ) as exc:
+        raise CompiledFileError(f"{p}: malformed payload ({type(exc).__name__}: {exc})") from None
+
+
+def _read_members(
+    p: Path, work: ThreadPoolExecutor, jobs: dict[str, Future[Any]]
+) -> tuple[bytes, dict[str, npt.NDArray[Any]]]:
+    """zoneset.json's bytes and every array, each member checked against the manifest.
+
+    Arrays are parsed while they are hashed (one pass over the data, no second copy), but none is
+    returned unless every member's SHA-256 matches the manifest. Once the members a slow step
+    needs have been read and verified, the step starts on `work` (see _JOBS) while the rest are
+    read; its result is only used after every array has been checked.
+    """
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise CompiledFileError(f"{p}: file of {size} bytes is over the limit of {MAX_FILE_BYTES}")
+    with zipfile.ZipFile(p) as zf, ThreadPoolExecutor(1, "gfz-sha256") as pool:
+        members = zf.infolist()
+        if len(members) > MAX_MEMBERS:
+            raise CompiledFileError(
+                f"{p}: {len(members)} archive members; a compiled file has {len(MEMBERS) + 1}"
+            )
+        info = zf.getinfo(MANIFEST)
+        if info.file_size > MAX_MANIFEST_BYTES:
+            raise CompiledFileError(
+                f"{p}: manifest of {info.file_size} bytes is over the limit of {MAX_MANIFEST_BYTES}"
+            )
+        manifest = json.loads(zf.read(info), parse_constant=_no_constant)
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise CompiledFileError(f"{p}: not a geofence compiled zone set")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise CompiledFileError(
+                f"{p}: format version {manifest.get('format_version')!r}; this geofence "
+                f"reads version {FORMAT_VERSION}: recompile it from the zone files with "
+                "`geofence compile ZONES -o FILE.gfz`"
+            )
+        zones = manifest.get("zones")
+        if isinstance(zones, int) and not isinstance(zones, bool) and zones > MAX_ZONES:
+            raise CompiledFileError(
+                f"{p}: {zones} zones, over the limit of {MAX_ZONES} (geofence.zones.MAX_ZONES)"
+            )
+        listed = manifest.get("members")
+        names = [m.filename for m in members if m.filename != MANIFEST]
+        if not isinstance(listed, dict) or set(listed) != MEMBERS:
+            raise CompiledFileError(f"{p}: the manifest does not list this format's members")
+        if len(names) != len(set(names)) or not set(names) <= MEMBERS:
+            extra = sorted(set(names) - MEMBERS)
+            raise CompiledFileError(
+                f"{p}: archive members differ from the format's (unknown or repeated: "
+                f"{extra or 'names'})"
+            )
+        total = sum(m.file_size for m in members if m.filename != MANIFEST)
+        if total > MAX_PAYLOAD_BYTES:
+            raise CompiledFileError(
+                f"{p}: payload of {total} bytes is over the limit of {MAX_PAYLOAD_BYTES}"
+            )
+        meta = b""
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for m in members:
+            if m.filename == MANIFEST:
+                continue
+            entry = listed[m.filename]
+            digest = entry.get("sha256") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict) or entry.get("bytes") != m.file_size:
+                # The size is half of the member's integrity record, checked before reading.
+                raise CompiledFileError(
+                    f"{p}: checksum mismatch in {m.filename}: {m.file_size} bytes where the "
+                    "manifest lists another size: the file is corrupt or was altered"
+                )
+            with zf.open(m) as f:
+                stream = _Hashing(f, pool)
+                if m.filename == META:
+                    meta = stream.read()
+                else:
+                    name = m.filename.removesuffix(".npy")
+                    arrays[name] = _npy(stream, m.file_size, name)
+                if stream.hexdigest() != digest:
+                    raise CompiledFileError(
+                        f"{p}: checksum mismatch in {m.filename}: the file is corrupt or was "
+                        "altered"
+                    )
+            for job, (needs, fn) in _JOBS.items():
+                if job not in jobs and all(n in arrays for n in needs):
+                    jobs[job] = work.submit(fn, *(arrays[n] for n in needs))
+    # Checked after the members that are there, so that an altered one is reported as such.
+    missing = sorted(MEMBERS - set(names))
+    if missing:
+        raise CompiledFileError(f"{p}: archive members missing: {missing}")
+    return meta, arrays
+
+
+class _Hashing:
+    """A member's bytes as np.load reads them, hashed by another thread as they are read.
+
+    Blocks of BLOCK bytes are read from the archive; while np.load copies one into its array,
+    the pool's single thread hashes it (hashlib releases the GIL), so the SHA-256 costs little
+    wall time on a second core. At most two blocks are alive at once. np.load reads the magic,
+    steps back over it and reads on: the first bytes read are kept so that seeking back within
+    them works. Nothing else is seekable.
+    """
+
+    BLOCK = 4 << 20
+
+    def __init__(self, f: IO[bytes], pool: ThreadPoolExecutor) -> None:
+        self._f = f
+        self._pool = pool
+        self._sha = hashlib.sha256()
+        self._pending: Future[None] | None = None  # the last block's hash update
+        self._block = memoryview(b"")
+        self._at = 0  # read position within _block
+        self._head = b""  # the bytes read so far, while they are few
+        self._pos = 0
+
+    def _next_block(self) -> None:
+        data = self._f.read(self.BLOCK)
+        if self._pending is not None:
+            self._pending.result()  # one block hashing while the next is read: order kept
+        self._pending = self._pool.submit(self._sha.update, data)
+        self._block, self._at = memoryview(data), 0
+
+    def _take(self, n: int) -> bytes:
+        parts = []
+        while n != 0:
+            if self._at == len(self._block):
+                self._next_block()
+                if not self._block:
+                    break
+            end = len(self._block) if n < 0 else min(len(self._block), self._at + n)
+            parts.append(self._block[self._at : end])
+            if n > 0:
+                n -= end - self._at
+            self._at = end
+        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+
+    def read(self, n: int = -1) -> bytes:
+        out = b""
+        if self._pos < len(self._head):
+            end = len(self._head) if n < 0 else min(len(self._head), self._pos + n)
+            out = self._head[self._pos : end]
+            self._pos = end
+            if n >= 0:
+                n -= len(out)
+                if n == 0:
+                    return out
+        chunk = self._take(n)
+        if self._pos == len(self._head) and self._pos + len(chunk) <= 65536:
+            self._head += chunk
+        self._pos += len(chunk)
+        return out + chunk if out else chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else self._pos + offset
+        seekable = 0 <= target <= len(self._head) and self._pos <= len(self._head)
+        if whence not in (0, 1) or not seekable:
+            raise io.UnsupportedOperation("a compiled file's member is read forward only")
+        self._pos = target
+        return target
+
+    def tell(self) -> int:
+        return self._pos
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of the whole member: whatever is left is read (and hashed) first."""
+        while self.read(self.BLOCK):
+            pass
+        if self._pending is not None:
+            self._pending.result()
+        return self._sha.hexdigest()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _npy(fp: _Hashing, size: int, name: str) -> npt.NDArray[Any]:
+    """One `.npy` member as an array of exactly the dtype and trailing shape `name` needs.
+
+    The header is read first, and the array's size checked against the member's, so a header
+    that claims a huge shape is refused before anything is allocated for it.
+    """
+    dtype, tail = ARRAYS[name]
+    where = f"{name}.npy"
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, got = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, got = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise _bad(where, f"is .npy version {version}, not 1.0 or 2.0")
+    except ValueError as exc:
+        raise _bad(where, f"is not a .npy array ({exc})") from None
+    if got != np.dtype(dtype):
+        raise _bad(where, f"has dtype {got.str}, not {np.dtype(dtype).str}")
+    if fortran or len(shape) != 1 + len(tail) or tuple(shape[1:]) != tail:
+        raise _bad(where, f"has shape {shape}, not (n, {', '.join(map(str, tail))})")
+    count = math.prod(shape)
+    if fp.tell() + count * got.itemsize != size:
+        raise _bad(where, f"holds {size - fp.tell()} bytes of data, not the {count} "
+                   f"values of shape {shape}")  # fmt: skip
+    fp.seek(0)
+    array = np.load(fp, allow_pickle=False)
+    return np.asarray(array).reshape(shape)
+
+
+# --- checking zoneset.json: types and ranges, before anything is built from it ---------------
 
 
 def _bad(where: str, what: str) -> CompiledFileError:
@@ -227,7 +535,7 @@ def _rules(value: Any, where: str, cls: type) -> None:
 
 
 def _checked(data: Any) -> dict[str, Any]:
-    """`data` itself once every value in it has the type and range a zone set needs."""
+    """`data` itself once every value in zoneset.json has the type and range a zone set needs."""
     top = _obj(data, "top level", {"version", "policy", "zones", "beacons"})
     _text(top["version"], "version")
     pd = _obj(
@@ -243,31 +551,21 @@ def _checked(data: Any) -> dict[str, Any]:
     _rules(pd["requests"], "policy.requests", RequestRules)
     _rules(pd["beacons"], "policy.beacons", BeaconRules)
     _rules(pd["presence"], "policy.presence", PresenceRules)
-    zones = top["zones"]
-    if not isinstance(zones, list):
-        raise _bad("zones", "is not an array")
-    if len(zones) > MAX_ZONES:
-        raise _bad("zones", f"holds {len(zones)} zones, over the limit of {MAX_ZONES}")
-    keys = {"id", "name", "category", "wkb", "radius_m", "buffer_m", "valid_from",
-            "valid_until", "jurisdiction", "source"}  # fmt: skip
-    categories = {c.value for c in Category}
-    for i, z in enumerate(zones):
-        where = f"zones[{i}]"
-        _obj(z, where, keys)
-        for k in ("id", "name", "source"):
-            _text(z[k], f"{where}.{k}")
-        _text(z["jurisdiction"], f"{where}.jurisdiction", optional=True)
-        if z["category"] not in categories:
-            raise _bad(f"{where}.category", "is not a category")
-        _num(z["radius_m"], f"{where}.radius_m")
-        _num(z["buffer_m"], f"{where}.buffer_m", optional=True)
-        for k in ("valid_from", "valid_until"):
-            _num(z[k], f"{where}.{k}", optional=True, non_negative=False)
-        _text(z["wkb"], f"{where}.wkb")
-        # Hex WKB: two characters a byte, 16 bytes a 2-D vertex. A longer string cannot be a
-        # geometry within the vertex limit, so it is refused before GEOS allocates anything.
-        if len(z["wkb"]) > 64 + 32 * MAX_VERTICES_PER_ZONE * 2:
-            raise _bad(f"{where}.wkb", f"is over {MAX_VERTICES_PER_ZONE} vertices")
+    columns = _obj(top["zones"], "zones", {"id", "name", "source", "jurisdiction"})
+    n = None
+    for key, column in columns.items():
+        where = f"zones.{key}"
+        if not isinstance(column, list):
+            raise _bad(where, "is not an array")
+        if len(column) > MAX_ZONES:
+            raise _bad(where, f"holds {len(column)} zones, over the limit of {MAX_ZONES}")
+        if n is not None and len(column) != n:
+            raise _bad(where, f"holds {len(column)} zones, not {n} like the other columns")
+        n = len(column)
+        allowed = (str, type(None)) if key == "jurisdiction" else (str,)
+        for i, v in enumerate(column):
+            if type(v) not in allowed:
+                raise _bad(f"{where}[{i}]", f"is {type(v).__name__}, not a string")
     beacons = top["beacons"]
     if beacons is not None:
         if not isinstance(beacons, list):
@@ -288,32 +586,232 @@ def _checked(data: Any) -> dict[str, Any]:
     return top
 
 
-def _geometry(z: dict[str, Any], i: int) -> BaseGeometry:
-    """A zone's geometry from hex WKB, refused unless it is one a zone file could hold."""
-    where = f"zones[{i}].wkb"
-    geom = shapely.from_wkb(z["wkb"])
-    if geom is None or geom.geom_type not in (*POLYGONAL, "Point"):
-        kind = None if geom is None else geom.geom_type
-        raise _bad(where, f"is a {kind}, not a Polygon, MultiPolygon or Point")
-    if geom.is_empty:
-        raise _bad(where, "is empty")
-    vertices = shapely.get_num_coordinates(geom)
-    if vertices > MAX_VERTICES_PER_ZONE:
-        raise _bad(where, f"has {vertices} vertices, over the limit of {MAX_VERTICES_PER_ZONE}")
-    if shapely.has_z(geom):
-        geom = shapely.force_2d(geom)
-    b = np.asarray(shapely.bounds(geom), dtype=np.float64)
-    if not (np.isfinite(b).all() and -180 <= b[0] <= b[2] <= 180 and -90 <= b[1] <= b[3] <= 90):
-        raise _bad(where, "has coordinates outside longitude/latitude ranges")
-    if not geom.is_valid:
-        raise _bad(where, f"is not valid ({shapely.is_valid_reason(geom)})")
-    if geom.geom_type == "Point" and not float(z["radius_m"]) > 0:
-        raise _bad(f"zones[{i}].radius_m", "must be > 0 for a Point zone")
-    return geom
+# --- checking arrays: vectorised, before anything is built from them ---------------------------
+
+A = npt.NDArray[Any]
 
 
-def _from_data(data: dict[str, Any]) -> ZoneSet:
-    pd = data["policy"]
+def _length(arrays: Mapping[str, A], names: tuple[str, ...], n: int, what: str) -> None:
+    for name in names:
+        if len(arrays[name]) != n:
+            raise _bad(f"{name}.npy", f"has {len(arrays[name])} rows, not one per {what} ({n})")
+
+
+def _in_range(a: A, name: str, low: int, high: int) -> None:
+    """Every value in [low, high): an index the kernels may use unchecked."""
+    if a.size and (int(a.min()) < low or int(a.max()) >= high):
+        raise _bad(f"{name}.npy", f"has values outside [{low}, {high}): an index out of range")
+
+
+def _offsets(a: A, name: str, total: int) -> None:
+    """CSR offsets: start at 0, never decrease, end at `total`."""
+    if len(a) == 0 or a[0] != 0 or a[-1] != total or bool(np.any(a[1:] < a[:-1])):
+        raise _bad(f"{name}.npy", f"is not offsets from 0 rising to {total}")
+
+
+def _finite(a: A, name: str, nan_ok: bool = False, inf_ok: bool = False) -> None:
+    if nan_ok and inf_ok:
+        return
+    bad = ~np.isfinite(a)
+    if nan_ok:
+        bad &= ~np.isnan(a)
+    if inf_ok:
+        bad &= ~np.isinf(a)
+    if bool(bad.any()):
+        raise _bad(f"{name}.npy", "holds values that are not finite")
+
+
+def _ascending(a: A, name: str, high: int) -> None:
+    """Strictly increasing cell keys in [0, high): a hash table's keys, each once."""
+    _in_range(a, name, 0, high)
+    if bool(np.any(a[1:] <= a[:-1])):
+        raise _bad(f"{name}.npy", "is not strictly increasing")
+
+
+_LEVEL_FAULTS = {
+    1: "has a state that is not a state",
+    2: "has a zone index out of range",
+    3: "has a near-zone index out of range",
+    4: "has a near or inside cell without a zone",
+    5: "has a cell that can be near no zone",
+    6: "has lists that are not offsets from 0 rising to the number of entries",
+    7: "has a list entry whose piece index is out of range",
+    8: "has a list entry whose frame index is out of range",
+    9: "holds values that are not finite",
+}
+
+
+def _check_level(arrays: Mapping[str, A], prefix: str, n_cells: int, n_zones: int,
+                 n_parts: int, max_state: int) -> None:  # fmt: skip
+    """A level's cells, lists and frames: lengths agree and every index is in range."""
+    ints, floats = arrays[f"{prefix}.ints"], arrays[f"{prefix}.floats"]
+    entries, combos = arrays[f"{prefix}.entries"], arrays[f"{prefix}.combos"]
+    _length(arrays, (f"{prefix}.ints", f"{prefix}.floats"), n_cells, f"{prefix} cell")
+    fault = level_fault(ints, floats, entries, len(combos), n_zones, n_parts, max_state,
+                        STATE_NEAR, STATE_INSIDE)  # fmt: skip
+    if fault:
+        raise _bad(f"{prefix}.ints.npy, .floats.npy or .entries.npy", _LEVEL_FAULTS[fault])
+    _finite(combos, f"{prefix}.combos")
+
+
+def _check_arrays(arrays: Mapping[str, A], n_zones: int) -> None:
+    """Every array's length against what it describes, and every index against its target."""
+    zone_cols = ("zone.category", "zone.radius_m", "zone.buffer_m", "zone.valid_from",
+                 "zone.valid_until")  # fmt: skip
+    _length(arrays, zone_cols, n_zones, "zone")
+    _length(arrays, ("zone.wkb_start",), n_zones + 1, "zone, plus one")
+    _in_range(arrays["zone.category"], "zone.category", 0, len(CATEGORIES))
+    _finite(arrays["zone.radius_m"], "zone.radius_m")
+    if bool(np.any(arrays["zone.radius_m"] < 0)):
+        raise _bad("zone.radius_m.npy", "holds negative radii")
+    buffer_m = arrays["zone.buffer_m"]
+    _finite(buffer_m, "zone.buffer_m", nan_ok=True)
+    if bool(np.any(buffer_m < 0)):
+        raise _bad("zone.buffer_m.npy", "holds negative buffers")
+    for k in ("zone.valid_from", "zone.valid_until"):
+        _finite(arrays[k], k, nan_ok=True)
+    _offsets(arrays["zone.wkb_start"], "zone.wkb_start", len(arrays["zone.wkb"]))
+
+    n_parts = len(arrays["part.zone"])
+    _length(arrays, ("part.tile", "part.bounds", "flat.is_point"), n_parts, "zone piece")
+    _length(arrays, ("part.wkb_start", "flat.ring_start"), n_parts + 1, "zone piece, plus one")
+    _in_range(arrays["part.zone"], "part.zone", 0, n_zones)
+    tile = arrays["part.tile"]
+    if tile.size and not bool(
+        np.all((tile == INTERIOR) | ((tile >= 0) & (tile < N_ROWS * N_COLS)))
+    ):
+        raise _bad("part.tile.npy", "holds values that are not tiles")
+    _finite(arrays["part.bounds"], "part.bounds")
+    _offsets(arrays["part.wkb_start"], "part.wkb_start", len(arrays["part.wkb"]))
+
+    ring_start, coord_start = arrays["flat.ring_start"], arrays["flat.coord_start"]
+    n_rings, n_coords = len(coord_start) - 1, len(arrays["flat.xs"])
+    _length(arrays, ("flat.ys",), n_coords, "coordinate")
+    _offsets(ring_start, "flat.ring_start", n_rings)
+    _offsets(coord_start, "flat.coord_start", n_coords)
+    for k in ("flat.xs", "flat.ys"):
+        _finite(arrays[k], k)
+    # A point piece is read at its first ring's first coordinate: both must exist.
+    point = np.flatnonzero(arrays["flat.is_point"])
+    first = ring_start[point]
+    if bool(np.any(ring_start[point + 1] <= first)) or bool(
+        np.any(coord_start[first + 1] <= coord_start[first])
+    ):
+        raise _bad("flat.ring_start.npy", "has a point piece without a coordinate")
+
+    _finite(arrays["grid.forced"], "grid.forced")
+    _ascending(arrays["coarse.keys"], "coarse.keys", COARSE_ROWS * COARSE_COLS)
+    _length(arrays, ("coarse.clearance",), len(arrays["coarse.keys"]), "coarse cell")
+    _finite(arrays["coarse.clearance"], "coarse.clearance")
+
+    fine_keys = arrays["fine.keys"]
+    _ascending(fine_keys, "fine.keys", FINE_ROWS * FINE_COLS)
+    _check_level(arrays, "fine", len(fine_keys), n_zones, n_parts, STATE_SUB)
+    n_split = int(np.count_nonzero(arrays["fine.ints"][:, 0] == STATE_SUB))
+    # Every split fine cell has all SUB x SUB subcells (the kernel finds them unchecked).
+    _check_level(arrays, "sub", n_split * SUB * SUB, n_zones, n_parts, STATE_INSIDE)
+
+
+def _geometries(wkb: A, start: A, radius_m: A) -> npt.NDArray[np.object_]:
+    """Zone geometries from WKB, refused unless each is one a zone file could hold."""
+    n = len(radius_m)
+    _offsets(start, "zone.wkb_start", len(wkb))
+    if len(start) != n + 1:
+        raise _bad("zone.wkb_start.npy", f"has {len(start)} rows, not one per zone plus one")
+    blob = wkb.tobytes()
+    sizes = np.diff(start)
+    # 16 bytes a 2-D vertex: a longer one cannot be within the vertex limit, so it is refused
+    # before GEOS allocates anything.
+    over = np.flatnonzero(sizes > 32 + 16 * MAX_VERTICES_PER_ZONE * 2)
+    if over.size:
+        raise _bad(f"zones[{over[0]}].wkb", f"is over {MAX_VERTICES_PER_ZONE} vertices")
+    geoms = _from_blob(blob, start)
+    kind = shapely.get_type_id(geoms)  # -1 for None
+    wrong = np.flatnonzero(~np.isin(kind, (0, 3, 6)))  # Point, Polygon, MultiPolygon
+    if wrong.size:
+        g = geoms[wrong[0]]
+        name = None if g is None else g.geom_type
+        raise _bad(f"zones[{wrong[0]}].wkb", f"is a {name}, not a Polygon, MultiPolygon or Point")
+    empty = np.flatnonzero(shapely.is_empty(geoms))
+    if empty.size:
+        raise _bad(f"zones[{empty[0]}].wkb", "is empty")
+    vertices = shapely.get_num_coordinates(geoms)
+    many = np.flatnonzero(vertices > MAX_VERTICES_PER_ZONE)
+    if many.size:
+        i = many[0]
+        raise _bad(
+            f"zones[{i}].wkb",
+            f"has {vertices[i]} vertices, over the limit of {MAX_VERTICES_PER_ZONE}",
+        )
+    has_z = shapely.has_z(geoms)
+    if has_z.any():
+        geoms[has_z] = shapely.force_2d(geoms[has_z])
+    b = shapely.bounds(geoms).reshape(n, 4)
+    with np.errstate(invalid="ignore"):
+        inside = (
+            np.isfinite(b).all(axis=1)
+            & (b[:, 0] >= -180) & (b[:, 0] <= b[:, 2]) & (b[:, 2] <= 180)
+            & (b[:, 1] >= -90) & (b[:, 1] <= b[:, 3]) & (b[:, 3] <= 90)
+        )  # fmt: skip
+    outside = np.flatnonzero(~inside)
+    if outside.size:
+        raise _bad(f"zones[{outside[0]}].wkb", "has coordinates outside longitude/latitude ranges")
+    invalid = np.flatnonzero(~shapely.is_valid(geoms))
+    if invalid.size:
+        i = invalid[0]
+        raise _bad(f"zones[{i}].wkb", f"is not valid ({shapely.is_valid_reason(geoms[i])})")
+    no_radius = np.flatnonzero((kind == 0) & ~(radius_m > 0))
+    if no_radius.size:
+        raise _bad(f"zones[{no_radius[0]}].radius_m", "must be > 0 for a Point zone")
+    return geoms
+
+
+def _from_blob(blob: bytes, start: A) -> npt.NDArray[np.object_]:
+    """Geometries from WKB laid end to end (offsets already checked), parsed in one call."""
+    wkb = [blob[a:b] for a, b in itertools.pairwise(start.tolist())]
+    return np.asarray(shapely.from_wkb(wkb), dtype=object).reshape(len(wkb))
+
+
+def _pieces(wkb: A, start: A) -> npt.NDArray[np.object_]:
+    """The exact index's pieces from WKB, prepared for repeated distance queries."""
+    _offsets(start, "part.wkb_start", len(wkb))
+    geoms = _from_blob(wkb.tobytes(), start)
+    missing = np.flatnonzero(shapely.get_type_id(geoms) < 0)
+    if missing.size:
+        raise _bad("part.wkb.npy", f"piece {missing[0]} is not a geometry")
+    shapely.prepare(geoms)
+    return geoms
+
+
+def _tables(fine_keys: A, fine_ints: A, coarse_keys: A) -> tuple[HashTable, HashTable, HashTable]:
+    """The fine, sub and coarse hash tables: fine keys as stored, subcells of the split cells.
+
+    Filling a table from any int64 keys stays inside the table, so this may run before the
+    keys are checked; the tables are used only after.
+    """
+    split = fine_keys[fine_ints[:, 0] == STATE_SUB]
+    return (
+        HashTable(fine_keys),
+        HashTable(child_keys_of(split).ravel()),
+        HashTable(coarse_keys),
+    )
+
+
+# Slow steps of loading, started as soon as the members they read are in (see _read_members).
+_JOBS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "geometries": (("zone.wkb", "zone.wkb_start", "zone.radius_m"), _geometries),
+    "pieces": (("part.wkb", "part.wkb_start"), _pieces),
+    "tables": (("fine.keys", "fine.ints", "coarse.keys"), _tables),
+}
+
+
+def _level(arrays: Mapping[str, A], prefix: str, table: HashTable) -> Level:
+    return Level(table, *(arrays[f"{prefix}.{k}"] for k in _LEVEL_FIELDS))
+
+
+def _assemble(meta: dict[str, Any], arrays: dict[str, A], jobs: dict[str, Future[Any]]) -> ZoneSet:
+    """The zone set described by checked zoneset.json and arrays (and the jobs started on them)."""
+    pd = meta["policy"]
     policy = Policy(
         pack=str(pd["pack"]),
         rules={Category(c): CategoryRule(**r) for c, r in pd["rules"].items()},
@@ -322,26 +820,85 @@ def _from_data(data: dict[str, Any]) -> ZoneSet:
         presence=PresenceRules(**pd["presence"]),
         fingerprint=str(pd["fingerprint"]),
     )
-    if set(policy.rules) != set(Category):
-        raise ValueError("policy does not cover every category")
-    zones = [
-        Zone(
-            id=str(z["id"]),
-            name=str(z["name"]),
-            category=Category(z["category"]),
-            geometry=_geometry(z, i),
-            radius_m=float(z["radius_m"]),
-            buffer_m=None if z["buffer_m"] is None else float(z["buffer_m"]),
-            valid_from=None if z["valid_from"] is None else float(z["valid_from"]),
-            valid_until=None if z["valid_until"] is None else float(z["valid_until"]),
-            jurisdiction=z["jurisdiction"],
-            source=str(z["source"]),
+    columns = meta["zones"]
+    n = len(columns["id"])
+    _check_arrays(arrays, n)
+    radius = arrays["zone.radius_m"]
+    geoms = jobs["geometries"].result()
+    own_buffer = arrays["zone.buffer_m"]
+    valid_from, valid_until = arrays["zone.valid_from"], arrays["zone.valid_until"]
+    code = arrays["zone.category"]
+    cats = [CATEGORIES[c] for c in code.tolist()]
+    # The effective buffer, as ZoneSet.compile resolves it (the policy's, widened per zone).
+    rule = np.array([policy.rule(c).buffer_m for c in CATEGORIES], dtype=np.float64)[code]
+    buffer = np.maximum(rule, np.nan_to_num(own_buffer, nan=0.0))
+
+    def opt(v: float) -> float | None:
+        return None if math.isnan(v) else v
+
+    zones = tuple(
+        Zone(id=i, name=nm, category=c, geometry=g, radius_m=r, buffer_m=opt(bm),
+             valid_from=opt(vf), valid_until=opt(vu), jurisdiction=j, source=src)
+        for i, nm, c, g, r, bm, vf, vu, j, src in zip(
+            columns["id"], columns["name"], cats, geoms, radius.tolist(), own_buffer.tolist(),
+            valid_from.tolist(), valid_until.tolist(), columns["jurisdiction"],
+            columns["source"], strict=True,
         )
-        for i, z in enumerate(data["zones"])
-    ]
+    )  # fmt: skip
+    warnings = []
+    for i in np.flatnonzero(own_buffer < rule).tolist():  # NaN (no own buffer) compares False
+        z = zones[i]
+        warnings.append(
+            Problem(
+                z.source,
+                f"buffer_m {z.buffer_m:g} is below the policy's {rule[i]:g} m for "
+                f"{z.category.value}; the policy's buffer applies",
+                zone_id=z.id,
+                severity="warning",
+            )
+        )
+    exact = ExactIndex.from_arrays(
+        radius_m=radius,
+        buffer_m=buffer,
+        valid_from=np.where(np.isnan(valid_from), -np.inf, valid_from),
+        valid_until=np.where(np.isnan(valid_until), np.inf, valid_until),
+        part_zone=arrays["part.zone"],
+        part_tile=arrays["part.tile"],
+        part_geom=jobs["pieces"].result(),
+        part_bounds=arrays["part.bounds"],
+    )
+    fine_table, sub_table, coarse_table = jobs["tables"].result()
+    grid = GridIndex.from_tables(
+        exact,
+        FlatParts(
+            arrays["flat.is_point"],
+            arrays["flat.ring_start"],
+            arrays["flat.coord_start"],
+            arrays["flat.xs"],
+            arrays["flat.ys"],
+        ),
+        forced=arrays["grid.forced"],
+        fine=_level(arrays, "fine", fine_table),
+        sub=_level(arrays, "sub", sub_table),
+        coarse=coarse_table,
+        coarse_clearance=arrays["coarse.clearance"],
+    )
     beacons = (
-        BeaconRegistry(tuple(Beacon(**b) for b in data["beacons"]))
-        if data["beacons"] is not None
+        BeaconRegistry(tuple(Beacon(**b) for b in meta["beacons"]))
+        if meta["beacons"] is not None
         else None
     )
-    return ZoneSet.compile(zones, policy, str(data["version"]), beacons=beacons)
+    return ZoneSet(
+        version=str(meta["version"]),
+        policy=policy,
+        zones=zones,
+        ids=tuple(columns["id"]),
+        category=code.astype(np.uint8),
+        buffer_m=buffer,
+        lookback_s=np.array([policy.rule(c).lookback_s for c in Category], dtype=np.float64),
+        index=grid,
+        exact=exact,
+        warnings=tuple(warnings) + (beacons.warnings if beacons else ()),
+        beacons=beacons,
+        positions={z: i for i, z in enumerate(columns["id"])},
+    )

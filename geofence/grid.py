@@ -42,7 +42,7 @@ from geofence.geodesy import (
     degree_margins,
 )
 from geofence.index import INTERIOR, KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex, Located
-from geofence.kernels import FlatParts, HashTable, find, point_distance
+from geofence.kernels import FlatParts, HashTable, find, point_distance, rings_scan
 
 FINE_PER_DEG = 512
 COARSE_PER_DEG = 64
@@ -71,48 +71,62 @@ B = npt.NDArray[np.bool_]
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Level:
-    """One level of cells: hash table, state per cell, and candidate lists (CSR)."""
+    """One level of cells: hash table, and per cell state and candidate lists (CSR), packed.
+
+    The arrays are stored once, in the shape the kernel takes them (so a built or loaded level is
+    never held twice): per cell `ints` (state, zone, near_zone, list begin, list end) and
+    `floats` (clearance, near_acc, list_valid); per list entry `entries` (part, combo); per
+    (cell, frame) combination `combos` (clon, clat, cx, cy, jacobian x4, err).
+
+    - zone: the zone of a NEAR or INSIDE cell.
+    - clearance: CLEAR cells: accuracy up to which a point is allowed.
+    - near_acc, near_zone: where no zone's area reaches into the cell: from this accuracy on,
+      every circle in the cell reaches near_zone's buffer (so the point is near_zone; inf where
+      never).
+    - list begin/end: cell c lists entries begin[c]:end[c]; list_valid: the list settles a point
+      whose accuracy is at most this.
+    - combos: lon/lat of the cell centre, its frame position, the affine map's Jacobian (dx/dlon,
+      dx/dlat, dy/dlon, dy/dlat), and that map's measured error bound (metres).
+    """
 
     table: HashTable
-    state: I8
-    zone: I32
-    clearance: F64  # CLEAR cells: accuracy up to which a point is allowed
-    # Where no zone's area reaches into the cell: from this accuracy on, every circle in the
-    # cell reaches near_zone's buffer (so the point is near_zone; inf where never).
-    near_acc: F64
-    near_zone: I32
-    list_start: I64  # cell c lists entries list_start[c]:list_start[c+1]
-    list_valid: F64  # the list settles a point whose accuracy is at most this
-    entry_part: I64
-    entry_combo: I64
-    # Per (cell, frame) combination: lon/lat of the cell centre, its frame position, the affine
-    # map's Jacobian, and that map's measured error bound (metres).
-    clon: F64
-    clat: F64
-    cx: F64
-    cy: F64
-    jac: F64  # (n, 4): dx/dlon, dx/dlat, dy/dlon, dy/dlat
-    err: F64
+    ints: I64  # (n, 5)
+    floats: F64  # (n, 3)
+    entries: I64  # (m, 2)
+    combos: F64  # (c, 9)
+
+    @classmethod
+    def build(
+        cls, table: HashTable, state: I8, zone: I32, clearance: F64, near_acc: F64,
+        near_zone: I32, list_start: I64, list_valid: F64, entry_part: I64, entry_combo: I64,
+        clon: F64, clat: F64, cx: F64, cy: F64, jac: F64, err: F64,
+    ) -> Level:  # fmt: skip
+        """A level from per-field arrays, packed into the kernel's layout.
+
+        Why: only the packed arrays are kept, so a level costs its memory once, not twice.
+        """
+        ints = np.column_stack([state, zone, near_zone, list_start[:-1], list_start[1:]])
+        return cls(
+            table,
+            np.ascontiguousarray(ints, dtype=np.int64),
+            np.ascontiguousarray(np.column_stack([clearance, near_acc, list_valid]), np.float64),
+            np.ascontiguousarray(np.column_stack([entry_part, entry_combo]), dtype=np.int64),
+            np.ascontiguousarray(
+                np.column_stack([clon, clat, cx, cy, jac, err]), dtype=np.float64
+            ).reshape(-1, 9),
+        )
+
+    @property
+    def state(self) -> I64:
+        return self.ints[:, 0]
+
+    @property
+    def entry_part(self) -> I64:
+        return self.entries[:, 0]
 
     def packed(self) -> tuple[I64, I64, F64, I64, F64]:
-        """The level as the kernel takes it: table (2, cap); per cell ints (state, zone,
-        near_zone, list begin, list end) and floats (clearance, near_acc, list_valid); entries
-        (part, combo); combos (clon, clat, cx, cy, jacobian x4, err).
-        """
-        table = np.stack([self.table.keys, self.table.slots])
-        ints = np.column_stack(
-            [self.state, self.zone, self.near_zone, self.list_start[:-1], self.list_start[1:]]
-        ).astype(np.int64)
-        floats = np.column_stack([self.clearance, self.near_acc, self.list_valid])
-        entries = np.column_stack([self.entry_part, self.entry_combo]).astype(np.int64)
-        combos = np.column_stack([self.clon, self.clat, self.cx, self.cy, self.jac, self.err])
-        return (
-            np.ascontiguousarray(table),
-            np.ascontiguousarray(ints),
-            np.ascontiguousarray(floats, dtype=np.float64),
-            np.ascontiguousarray(entries),
-            np.ascontiguousarray(combos, dtype=np.float64),
-        )
+        """The level as the kernel takes it: table (2, cap), ints, floats, entries, combos."""
+        return self.table.pair, self.ints, self.floats, self.entries, self.combos
 
 
 class GridIndex:
@@ -125,7 +139,36 @@ class GridIndex:
         self.forced = _forced_boxes(exact, big, max_accuracy_m)
         self.fine, self.sub = _build_levels(exact, self.flat, big)
         self.coarse, self.coarse_clearance = _build_coarse(exact, max_accuracy_m, big)
+        self._pack()
+
+    @classmethod
+    def from_tables(
+        cls,
+        exact: ExactIndex,
+        flat: FlatParts,
+        forced: F64,
+        fine: Level,
+        sub: Level,
+        coarse: HashTable,
+        coarse_clearance: F64,
+    ) -> GridIndex:
+        """A grid from tables a compiled file stores (checked by the caller), nothing rebuilt.
+
+        Why: classifying cells is most of the compile time; start-up only gathers the kernel's
+        arguments.
+        """
+        self = cls.__new__(cls)
+        self.exact = exact
+        self.flat = flat
+        self.forced = forced
+        self.fine, self.sub = fine, sub
+        self.coarse, self.coarse_clearance = coarse, coarse_clearance
+        self._pack()
+        return self
+
+    def _pack(self) -> None:
         self.far_clearance = FAR_M - 1.0
+        exact = self.exact
         # The kernel's arguments, packed into few arrays: a numba call costs ~0.1 us per argument.
         fl = self.flat
         self._packed = (
@@ -133,7 +176,7 @@ class GridIndex:
             np.array([self.far_clearance]),
             *self.fine.packed(),
             *self.sub.packed(),
-            np.stack([self.coarse.keys, self.coarse.slots]),
+            self.coarse.pair,
             self.coarse_clearance,
             exact.part_zone,
             np.ascontiguousarray(np.column_stack([exact.radius_m, exact.buffer_m])),
@@ -141,6 +184,7 @@ class GridIndex:
             fl.ring_start,
             fl.coord_start,
             np.stack([fl.xs, fl.ys]),
+            _piece_boxes(fl),
         )
 
     def locate(
@@ -159,7 +203,8 @@ class GridIndex:
         lon = np.ascontiguousarray(lon, dtype=np.float64)
         lat = np.ascontiguousarray(lat, dtype=np.float64)
         acc = np.ascontiguousarray(accuracy_m, dtype=np.float64)
-        grid_kernel(lon, lat, acc, *self._packed, kind, zone, todo)
+        kernel = grid_kernel if n >= NOGIL_MIN_POINTS else grid_kernel_gil
+        kernel(lon, lat, acc, *self._packed, kind, zone, todo)
         ex = self.exact
         if need_presence is not None:
             # Presence needs every zone the circle reaches: only the exact index lists them all.
@@ -173,6 +218,17 @@ class GridIndex:
         kind[rest] = sub.kind
         zone[rest] = sub.zone
         return Located(kind, zone, rest[sub.present_point], sub.present_zone)
+
+    def locate_one(self, lon: float, lat: float, accuracy_m: float) -> tuple[int, int] | None:
+        """(kind, zone) of one point, or None where the exact index must answer.
+
+        The single-request path: no arrays to make, one compiled call. Time never matters to
+        the grid's answer (cells near temporary zones always defer to the exact index).
+        """
+        code = grid_one(lon, lat, accuracy_m, *self._packed)
+        if code < 0:
+            return None
+        return code >> 32, (code & 0xFFFFFFFF) - 1
 
     def stats(self) -> dict[str, int]:
         """Cell counts per level and state, for benchmarks and tests."""
@@ -193,9 +249,15 @@ class GridIndex:
 def _settle(
     lon: float, lat: float, a: float, slot: np.int64,
     ints: I64, floats: F64, entries: I64, combos: F64,
-    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
+    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xs: F64,
+    ys: F64, pbox: F64,
 ) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
-    """(kind, zone, settled) for one point from its cell's list, ranked as ExactIndex ranks."""
+    """(kind, zone, settled) for one point from its cell's list, ranked as ExactIndex ranks.
+
+    A piece's bounding box bounds its distance from below, so most pieces are passed over
+    without measuring: those out of reach, and, once a zone is found, those that cannot outrank
+    it (the ranking, and so the zone named, stay ExactIndex's).
+    """
     if not a <= floats[slot, 2]:
         return np.int8(KIND_CLEAR), np.int32(-1), False
     best_inside = False
@@ -204,6 +266,12 @@ def _settle(
     for e in range(ints[slot, 3], ints[slot, 4]):
         p = entries[e, 0]
         c = entries[e, 1]
+        z = part_zone[p]
+        r = zone_m[z, 0]
+        tol = FRAME_SLACK_M + combos[c, 8]
+        limit = r + zone_m[z, 1] + a
+        reach = limit * FRAME_STRETCH + tol
+        inside_reach = r * FRAME_STRETCH + tol
         dl = lon - combos[c, 0]
         if dl > 180.0:
             dl -= 360.0
@@ -212,13 +280,27 @@ def _settle(
         dt = lat - combos[c, 1]
         x = combos[c, 2] + combos[c, 4] * dl + combos[c, 5] * dt
         y = combos[c, 3] + combos[c, 6] * dl + combos[c, 7] * dt
-        d, _ = point_distance(x, y, p, is_point, ring_start, coord_start, xy[0], xy[1])
-        z = part_zone[p]
-        r = zone_m[z, 0]
-        tol = FRAME_SLACK_M + combos[c, 8]
-        inside = d <= r * FRAME_STRETCH + tol
-        limit = r + zone_m[z, 1] + a
-        if not (inside or d <= limit * FRAME_STRETCH + tol):
+        bx = max(pbox[p, 0] - x, 0.0, x - pbox[p, 2])
+        by = max(pbox[p, 1] - y, 0.0, y - pbox[p, 3])
+        box2 = bx * bx + by * by
+        if box2 > reach * reach:
+            continue  # out of reach of the box, so of the piece: neither inside nor near
+        if best_zone >= 0:
+            lower = np.sqrt(box2)
+            may_inside = box2 <= inside_reach * inside_reach
+            if best_inside:
+                if not may_inside or lower - r > best_excess:
+                    continue
+            elif not may_inside and lower - limit > best_excess:
+                continue
+        if is_point[p]:
+            q = coord_start[ring_start[p]]
+            d = np.hypot(x - xs[q], y - ys[q])
+        else:
+            in_rings, d2 = rings_scan(x, y, p, ring_start, coord_start, xs, ys)
+            d = 0.0 if in_rings else np.sqrt(d2)
+        inside = d <= inside_reach
+        if not (inside or d <= reach):
             continue
         excess = d - r if inside else d - limit
         same_rank = inside == best_inside
@@ -241,87 +323,133 @@ def _clamp(value: int, low: int, count: int) -> int:
     return value
 
 
-@numba.njit(cache=True, inline="always")
-def _from_level(
-    lon: float, lat: float, a: float, slot: np.int64,
-    ints: I64, floats: F64, entries: I64, combos: F64,
-    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
-) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
-    """(kind, zone, settled) for a point in a stored cell of one level."""
-    state = ints[slot, 0]
-    if state == STATE_INSIDE:
-        return np.int8(KIND_INSIDE), np.int32(ints[slot, 1]), True
-    if state == STATE_NEAR:
-        return np.int8(KIND_NEAR), np.int32(ints[slot, 1]), True
-    if state == STATE_CLEAR and a <= floats[slot, 0]:
-        return np.int8(KIND_CLEAR), np.int32(-1), True
-    if a >= floats[slot, 1]:
-        return np.int8(KIND_NEAR), np.int32(ints[slot, 2]), True
-    return _settle(
-        lon, lat, a, slot, ints, floats, entries, combos,
-        part_zone, zone_m, is_point, ring_start, coord_start, xy,
-    )  # fmt: skip
-
-
-@numba.njit(cache=True, nogil=True)
-def grid_kernel(
+def _grid_kernel(
     lon: F64, lat: F64, acc: F64, forced: F64, far: F64,
     f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
     s_table: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
-    out_kind: I8, out_zone: I32, out_todo: B,
+    pbox: F64, out_kind: I8, out_zone: I32, out_todo: B,
 ) -> None:  # fmt: skip
     """Decide each point from the tables, or flag it for the exact index."""
     f_mask = np.int64(f_table.shape[1] - 1)
     s_mask = np.int64(s_table.shape[1] - 1)
     c_mask = np.int64(c_table.shape[1] - 1)
+    # Views taken once: numba reference-counts every view it makes, which inside the loop cost
+    # more than the table lookups.
+    f_keys, f_slots = f_table[0], f_table[1]
+    s_keys, s_slots = s_table[0], s_table[1]
+    c_keys, c_slots = c_table[0], c_table[1]
+    xs, ys = xy[0], xy[1]
     far_clearance = far[0]
+    n_forced = forced.shape[0]
     for i in range(len(lon)):
         a = acc[i]
+        x = lon[i]
+        y = lat[i]
         out_kind[i] = KIND_CLEAR
         out_zone[i] = -1
         out_todo[i] = False
         forced_here = False
-        for k in range(forced.shape[0]):
-            if forced[k, 0] <= lon[i] <= forced[k, 2] and forced[k, 1] <= lat[i] <= forced[k, 3]:
+        for k in range(n_forced):
+            if forced[k, 0] <= x <= forced[k, 2] and forced[k, 1] <= y <= forced[k, 3]:
                 forced_here = True
         if forced_here:
             out_todo[i] = True
             continue
-        row = _clamp(np.int64(np.floor((lat[i] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
-        col = np.int64(np.floor((lon[i] + 180.0) * FINE_PER_DEG)) % FINE_COLS
-        slot = find(f_table[0], f_table[1], f_mask, row * FINE_COLS + col)
+        row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
+        col = np.int64(np.floor((x + 180.0) * FINE_PER_DEG)) % FINE_COLS
+        slot = find(f_keys, f_slots, f_mask, row * FINE_COLS + col)
         if slot < 0:
             if a <= far_clearance:
                 continue
             crow = row // (FINE_PER_DEG // COARSE_PER_DEG)
             ccol = col // (FINE_PER_DEG // COARSE_PER_DEG)
-            cslot = find(c_table[0], c_table[1], c_mask, crow * COARSE_COLS + ccol)
+            cslot = find(c_keys, c_slots, c_mask, crow * COARSE_COLS + ccol)
             if cslot >= 0 and not a <= c_clear[cslot]:
                 out_todo[i] = True
             continue
+        # The two levels' steps are spelled out twice on purpose: numba reference-counts arrays
+        # handed to a function (inlined or not) or bound to another name, which cost ~100 ns a
+        # point, ten times the lookup. Only the list, for the few points that need it, is a call.
         if f_ints[slot, 0] == STATE_SUB:
             # Clamped into the parent cell, against rounding at its edges.
-            srow = _clamp(np.int64(np.floor((lat[i] + 90.0) * SUB_PER_DEG)), row * SUB, SUB)
+            srow = _clamp(np.int64(np.floor((y + 90.0) * SUB_PER_DEG)), row * SUB, SUB)
             scol = _clamp(
-                np.int64(np.floor((lon[i] + 180.0) * SUB_PER_DEG)) % SUB_COLS, col * SUB, SUB
+                np.int64(np.floor((x + 180.0) * SUB_PER_DEG)) % SUB_COLS, col * SUB, SUB
             )
-            slot = find(s_table[0], s_table[1], s_mask, srow * SUB_COLS + scol)
-            kind, zone, settled = _from_level(
-                lon[i], lat[i], a, slot, s_ints, s_floats, s_entries, s_combos,
-                part_zone, zone_m, is_point, ring_start, coord_start, xy,
+            slot = find(s_keys, s_slots, s_mask, srow * SUB_COLS + scol)
+            state = s_ints[slot, 0]
+            if state in (STATE_INSIDE, STATE_NEAR):
+                out_kind[i] = KIND_INSIDE if state == STATE_INSIDE else KIND_NEAR
+                out_zone[i] = s_ints[slot, 1]
+                continue
+            if state == STATE_CLEAR and a <= s_floats[slot, 0]:
+                continue
+            if a >= s_floats[slot, 1]:
+                out_kind[i] = KIND_NEAR
+                out_zone[i] = s_ints[slot, 2]
+                continue
+            kind, zone, settled = _settle(
+                x, y, a, slot, s_ints, s_floats, s_entries, s_combos,
+                part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, pbox,
             )  # fmt: skip
         else:
-            kind, zone, settled = _from_level(
-                lon[i], lat[i], a, slot, f_ints, f_floats, f_entries, f_combos,
-                part_zone, zone_m, is_point, ring_start, coord_start, xy,
+            state = f_ints[slot, 0]
+            if state in (STATE_INSIDE, STATE_NEAR):
+                out_kind[i] = KIND_INSIDE if state == STATE_INSIDE else KIND_NEAR
+                out_zone[i] = f_ints[slot, 1]
+                continue
+            if state == STATE_CLEAR and a <= f_floats[slot, 0]:
+                continue
+            if a >= f_floats[slot, 1]:
+                out_kind[i] = KIND_NEAR
+                out_zone[i] = f_ints[slot, 2]
+                continue
+            kind, zone, settled = _settle(
+                x, y, a, slot, f_ints, f_floats, f_entries, f_combos,
+                part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, pbox,
             )  # fmt: skip
         if settled:
             out_kind[i] = kind
             out_zone[i] = zone
         else:
             out_todo[i] = True
+
+
+# Two builds of one kernel. Large batches release the GIL, so other threads run meanwhile. Small
+# ones keep it: a release and re-acquisition costs more than deciding a few points, and threads
+# that drop and take the GIL every few microseconds starve a thread that needs it longer (a
+# reload slowed twentyfold under three such callers).
+grid_kernel = numba.njit(cache=True, nogil=True)(_grid_kernel)
+grid_kernel_gil = numba.njit(cache=True)(_grid_kernel)
+NOGIL_MIN_POINTS = 2048
+
+
+@numba.njit(cache=True)
+def grid_one(
+    lon: float, lat: float, acc: float, forced: F64, far: F64,
+    f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
+    s_table: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    c_table: I64, c_clear: F64,
+    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
+    pbox: F64,
+) -> np.int64:  # fmt: skip
+    """One point through the kernel: kind << 32 | (zone + 1), or -1 for the exact index."""
+    x, y, a = np.full(1, lon), np.full(1, lat), np.full(1, acc)
+    kind = np.empty(1, dtype=np.int8)
+    zone = np.empty(1, dtype=np.int32)
+    todo = np.empty(1, dtype=np.bool_)
+    grid_kernel_gil(
+        x, y, a, forced, far,
+        f_table, f_ints, f_floats, f_entries, f_combos,
+        s_table, s_ints, s_floats, s_entries, s_combos,
+        c_table, c_clear, part_zone, zone_m, is_point, ring_start, coord_start, xy, pbox,
+        kind, zone, todo,
+    )  # fmt: skip
+    if todo[0]:
+        return np.int64(-1)
+    return (np.int64(kind[0]) << 32) | (np.int64(zone[0]) + 1)
 
 
 @numba.njit(cache=True)
@@ -426,8 +554,7 @@ def _build_levels(ex: ExactIndex, flat: FlatParts, big: B) -> tuple[Level, Level
     np.minimum.at(carried, cell_of_pair[far], clear_pair[far])
     n_child = SUB * SUB
     k = np.arange(n_child)
-    rows, cols = keys[split] // FINE_COLS, keys[split] % FINE_COLS
-    child_keys = (rows[:, None] * SUB + k // SUB) * SUB_COLS + cols[:, None] * SUB + k % SUB
+    child_keys = child_keys_of(keys[split])
     j_of_cell = np.full(len(keys), -1, dtype=np.int64)
     j_of_cell[split] = np.arange(len(split))
     child_of_pair = (j_of_cell[cell_of_pair[relevant]][:, None] * n_child + k).ravel()
@@ -443,8 +570,23 @@ def _build_levels(ex: ExactIndex, flat: FlatParts, big: B) -> tuple[Level, Level
         np.repeat(carried[split], n_child),
         parent=(fine_frames[0], fine_frames[1], np.repeat(split, n_child)),
     )
-    fine.state[split] = STATE_SUB
+    fine.ints[split, 0] = STATE_SUB
     return fine, sub
+
+
+def child_keys_of(parent_keys: I64) -> I64:
+    """The SUB x SUB subcell keys of each fine cell, (n, SUB * SUB): row by row within a cell.
+
+    Row j lists the children of parent_keys[j]; the sub level's cells are these, in this order,
+    so a compiled file derives them from the split fine cells instead of storing them.
+    """
+    k = np.arange(SUB * SUB)
+    rows, cols = parent_keys // FINE_COLS, parent_keys % FINE_COLS
+    # The first child's key, plus each child's offset from it: one (n, 64) array, no temporaries
+    # of that size (the sub level has millions of cells).
+    first = rows * SUB * SUB_COLS + cols * SUB
+    offset = (k // SUB) * SUB_COLS + k % SUB
+    return np.add(first[:, None], offset[None, :])
 
 
 def _classify(
@@ -535,7 +677,7 @@ def _classify(
     order = np.flatnonzero(listed)[np.argsort(cell_of_pair[listed], kind="stable")]
     list_start = np.searchsorted(cell_of_pair[order], np.arange(n_cells + 1)).astype(np.int64)
     used, entry_combo = np.unique(pair_combo[order], return_inverse=True)
-    level = Level(
+    level = Level.build(
         table=HashTable(keys),
         state=state,
         zone=zone,
@@ -675,3 +817,20 @@ def _assign(zone: I32, cell_of_pair: I64, pz: I64, chosen: B, cells: B) -> None:
     best = np.full(len(zone), np.iinfo(np.int64).max)
     np.minimum.at(best, cell_of_pair[pick], pz[pick])
     zone[cells] = best[cells].astype(np.int32)
+
+
+def _piece_boxes(flat: FlatParts) -> F64:
+    """(n_pieces, 4) bounding boxes of the pieces in their frames: minx, miny, maxx, maxy."""
+    first = flat.coord_start[flat.ring_start[:-1]]
+    if first.size == 0:
+        return np.empty((0, 4))
+    return np.ascontiguousarray(
+        np.column_stack(
+            [
+                np.minimum.reduceat(flat.xs, first),
+                np.minimum.reduceat(flat.ys, first),
+                np.maximum.reduceat(flat.xs, first),
+                np.maximum.reduceat(flat.ys, first),
+            ]
+        )
+    )

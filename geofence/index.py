@@ -72,6 +72,10 @@ class LocationIndex(Protocol):
         """Locate points; presence pairs are complete for points flagged in need_presence."""
         ...
 
+    def locate_one(self, lon: float, lat: float, accuracy_m: float) -> tuple[int, int] | None:
+        """(kind, zone) of one point at any time, or None when that takes the full path."""
+        ...
+
 
 class ExactIndex:
     """STRtree candidates and exact distances in tile frames. The reference implementation."""
@@ -86,24 +90,50 @@ class ExactIndex:
         frames: Frames | None = None,
     ) -> None:
         self.frames = frames or Frames()
-        self.n_zones = len(geometries)
-        self.radius_m = np.asarray(radius_m, dtype=np.float64)
-        self.buffer_m = np.asarray(buffer_m, dtype=np.float64)
-        self.valid_from = np.asarray(valid_from, dtype=np.float64)
-        self.valid_until = np.asarray(valid_until, dtype=np.float64)
-        self.always_valid = bool(
-            np.all(np.isneginf(self.valid_from)) and np.all(np.isposinf(self.valid_until))
-        )
+        self._set_zones(radius_m, buffer_m, valid_from, valid_until)
         part_zone, part_tile, part_wgs = _split_by_tile(geometries)
         self.part_zone = part_zone
         self.part_tile = part_tile
         self.part_geom = self._project(part_wgs, part_tile)
         self.part_bounds = shapely.bounds(part_wgs)
+        self._build_tree()
+
+    @classmethod
+    def from_arrays(
+        cls,
+        radius_m: F64,
+        buffer_m: F64,
+        valid_from: F64,
+        valid_until: F64,
+        part_zone: I64,
+        part_tile: I64,
+        part_geom: npt.NDArray[np.object_],
+        part_bounds: F64,
+    ) -> ExactIndex:
+        """An index from the arrays a compiled file stores (checked by the caller).
+
+        Why: projecting and cutting pieces is most of the compile time; a saved index only
+        prepares its stored pieces and rebuilds the STRtree from their boxes (milliseconds).
+        """
+        self = cls.__new__(cls)
+        self.frames = Frames()
+        self._set_zones(radius_m, buffer_m, valid_from, valid_until)
+        self.part_zone = part_zone
+        self.part_tile = part_tile
+        shapely.prepare(part_geom)  # a no-op for pieces already prepared
+        self.part_geom = part_geom
+        self.part_bounds = part_bounds
+        self._build_tree()
+        return self
+
+    def _build_tree(self) -> None:
+        """The STRtree over every piece's reach box (with antimeridian twins)."""
+        part_zone, part_tile = self.part_zone, self.part_tile
         # Reach: how far from its geometry a zone can reject a point with zero accuracy.
         reach = np.where(
             part_tile == INTERIOR, 0.0, self.radius_m[part_zone] + self.buffer_m[part_zone]
         )
-        b = shapely.bounds(part_wgs)
+        b = self.part_bounds
         dlon, dlat = degree_margins(reach, np.maximum(np.abs(b[:, 1]), np.abs(b[:, 3])))
         boxes = np.column_stack([b[:, 0] - dlon, b[:, 1] - dlat, b[:, 2] + dlon, b[:, 3] + dlat])
         # Boxes that cross the antimeridian get a twin shifted by 360 degrees.
@@ -158,6 +188,21 @@ class ExactIndex:
             projected = np.asarray(shapely.points(x, y), dtype=object)
             d[sel] = shapely.distance(self.part_geom[parts[sel]], projected[back])
         return d
+
+    def _set_zones(self, radius_m: F64, buffer_m: F64, valid_from: F64, valid_until: F64) -> None:
+        """The per-zone arrays, shared by a built and a loaded index."""
+        self.n_zones = len(radius_m)
+        self.radius_m = np.asarray(radius_m, dtype=np.float64)
+        self.buffer_m = np.asarray(buffer_m, dtype=np.float64)
+        self.valid_from = np.asarray(valid_from, dtype=np.float64)
+        self.valid_until = np.asarray(valid_until, dtype=np.float64)
+        self.always_valid = bool(
+            np.all(np.isneginf(self.valid_from)) and np.all(np.isposinf(self.valid_until))
+        )
+
+    def locate_one(self, lon: float, lat: float, accuracy_m: float) -> tuple[int, int] | None:
+        """None: the exact index answers through `locate`, which knows the request's time."""
+        return None
 
     def locate(
         self,

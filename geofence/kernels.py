@@ -30,10 +30,24 @@ class HashTable:
 
     def __init__(self, keys: I64) -> None:
         capacity = 1 << int(np.ceil(np.log2(max(len(keys), 1) * 2 + 1)))
-        self.keys = np.full(capacity, EMPTY_KEY, dtype=np.int64)
-        self.slots = np.full(capacity, -1, dtype=np.int64)
+        # Keys and slots as the two rows of one array: the kernels take the table in that shape,
+        # so packing it costs no copy (a large table is most of a zone set's memory).
+        self.pair = np.full((2, capacity), EMPTY_KEY, dtype=np.int64)  # EMPTY_KEY == -1
+        self.keys = self.pair[0]
+        self.slots = self.pair[1]
         _fill(self.keys, self.slots, np.ascontiguousarray(keys, dtype=np.int64))
         self.mask = np.int64(capacity - 1)
+
+    def slot_keys(self) -> I64:
+        """The keys in slot order: what `HashTable(...)` was built from.
+
+        Why: a compiled file stores this (1/3 of the table's size) and rebuilds the same table,
+        since the table is a deterministic function of the keys and their order.
+        """
+        used = self.slots >= 0
+        out = np.empty(int(used.sum()), dtype=np.int64)
+        out[self.slots[used]] = self.keys[used]
+        return out
 
 
 @numba.njit(cache=True, inline="always")
@@ -42,7 +56,7 @@ def _hash(key: np.int64, mask: np.int64) -> np.int64:
     return ((key * np.int64(-7046029254386353131)) >> np.int64(17)) & mask
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)  # nogil: compiled.load fills tables while it reads
 def _fill(table: I64, slots: I64, keys: I64) -> None:
     mask = np.int64(len(table) - 1)
     for i in range(len(keys)):
@@ -107,15 +121,31 @@ class FlatParts:
 
 
 @numba.njit(cache=True, inline="always")
-def _segment_distance(px: float, py: float, ax: float, ay: float, bx: float, by: float) -> float:
-    dx, dy = bx - ax, by - ay
-    length2 = dx * dx + dy * dy
-    t = 0.0
-    if length2 > 0.0:
-        t = ((px - ax) * dx + (py - ay) * dy) / length2
-        t = min(max(t, 0.0), 1.0)
-    ex, ey = ax + t * dx - px, ay + t * dy - py
-    return np.sqrt(ex * ex + ey * ey)
+def rings_scan(
+    px: float, py: float, p: np.int64, ring_start: I64, coord_start: I64, xs: F64, ys: F64
+) -> tuple[bool, float]:  # fmt: skip
+    """(inside, squared distance to the boundary) of polygon piece p, in its frame.
+
+    Inside is decided by the even-odd rule over all of p's rings (holes and multipolygons
+    included). Squares are compared and the caller takes one square root: the minimum of the
+    squares is the square of the minimum, so the distance is the same to the last bit.
+    """
+    inside = False
+    best = np.inf
+    for ring in range(ring_start[p], ring_start[p + 1]):
+        for k in range(coord_start[ring], coord_start[ring + 1] - 1):
+            ax, ay, bx, by = xs[k], ys[k], xs[k + 1], ys[k + 1]
+            if (ay > py) != (by > py) and px < ax + (py - ay) * (bx - ax) / (by - ay):
+                inside = not inside
+            dx, dy = bx - ax, by - ay
+            length2 = dx * dx + dy * dy
+            t = 0.0
+            if length2 > 0.0:
+                t = ((px - ax) * dx + (py - ay) * dy) / length2
+                t = min(max(t, 0.0), 1.0)
+            ex, ey = ax + t * dx - px, ay + t * dy - py
+            best = min(best, ex * ex + ey * ey)
+    return inside, best
 
 
 @numba.njit(cache=True)
@@ -131,22 +161,57 @@ def point_distance(
 ) -> tuple[float, float]:
     """(distance to piece p, 0 inside; distance to its boundary). Metres in p's frame.
 
-    Inside is decided by the even-odd rule over all of p's rings (holes and multipolygons
-    included); a point on the boundary has boundary distance 0, hence counts as inside.
+    A point on the boundary has boundary distance 0, hence counts as inside.
     """
     if is_point[p]:
         c = coord_start[ring_start[p]]
         d = np.hypot(px - xs[c], py - ys[c])
         return d, d
-    inside = False
-    best = np.inf
-    for ring in range(ring_start[p], ring_start[p + 1]):
-        start, end = coord_start[ring], coord_start[ring + 1]
-        for k in range(start, end - 1):
-            ax, ay, bx, by = xs[k], ys[k], xs[k + 1], ys[k + 1]
-            if (ay > py) != (by > py):
-                cross_x = ax + (py - ay) * (bx - ax) / (by - ay)
-                if px < cross_x:
-                    inside = not inside
-            best = min(best, _segment_distance(px, py, ax, ay, bx, by))
+    inside, best2 = rings_scan(px, py, p, ring_start, coord_start, xs, ys)
+    best = np.sqrt(best2)
     return (0.0 if inside else best), best
+
+
+# --- checking a loaded level (geofence.compiled) -----------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def level_fault(
+    ints: I64, floats: F64, entries: I64, n_combos: int, n_zones: int, n_parts: int,
+    max_state: int, near: int, inside: int,
+) -> int:  # fmt: skip
+    """0 if a level's arrays are safe for the grid kernel, else the first fault's code.
+
+    Why a loop: one pass with no temporaries, where NumPy needs a dozen passes and arrays as
+    large as the level. 1 state, 2 zone, 3 near zone, 4 a near/inside cell without a zone,
+    5 a cell near no zone, 6 list offsets, 7 entry part, 8 entry frame, 9 a float not finite.
+    """
+    n = ints.shape[0]
+    expected = 0
+    for c in range(n):
+        state = ints[c, 0]
+        if state < 0 or state > max_state:
+            return 1
+        if ints[c, 1] < -1 or ints[c, 1] >= n_zones:
+            return 2
+        if ints[c, 2] < -1 or ints[c, 2] >= n_zones:
+            return 3
+        if ints[c, 1] < 0 and ((state == near) | (state == inside)):
+            return 4
+        if floats[c, 1] != np.inf and ints[c, 2] < 0:
+            return 5
+        if ints[c, 3] != expected or ints[c, 4] < ints[c, 3]:
+            return 6
+        expected = ints[c, 4]
+        if not (np.isfinite(floats[c, 0]) and np.isfinite(floats[c, 2])):
+            return 9
+        if np.isnan(floats[c, 1]) or floats[c, 1] == -np.inf:
+            return 9
+    if expected != entries.shape[0]:
+        return 6
+    for e in range(entries.shape[0]):
+        if entries[e, 0] < 0 or entries[e, 0] >= n_parts:
+            return 7
+        if entries[e, 1] < 0 or entries[e, 1] >= n_combos:
+            return 8
+    return 0

@@ -14,7 +14,7 @@ from conftest import BUNDLED_ZONES
 
 from geofence.categories import Category
 from geofence.geodesy import FRAME_SLACK_M, FRAME_STRETCH
-from geofence.grid import GridIndex
+from geofence.grid import GridIndex, grid_kernel
 from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
 from geofence.policy import load_policy_text
 from geofence.zones import Zone
@@ -122,6 +122,36 @@ def test_grid_equals_exact_on_uniform_points(bundled: ZoneSet) -> None:
     acc = rng.choice(np.array([0.0, 5.0, 20.0, 100.0, 1000.0, 5000.0]), n)
     assert isinstance(bundled.index, GridIndex)
     assert_grid_matches_exact(bundled.index, bundled.exact, lon, lat, acc)
+
+
+def test_one_point_path_equals_the_batch_path(bundled: ZoneSet) -> None:
+    """locate_one (check_location's path) answers as locate does, or defers where locate must.
+
+    The batch and the one-point paths are two builds of one kernel, and the small-batch build
+    keeps the GIL: a point they decided differently would show here.
+    """
+    rng = np.random.default_rng(77)
+    lon, lat, acc = band_points(bundled, rng, per_zone=6)
+    far = rng.uniform(-170, 170, 500), rng.uniform(-60, 60, 500)
+    lon, lat = np.concatenate([lon, far[0]]), np.concatenate([lat, far[1]])
+    acc = np.concatenate([acc, rng.choice([0.0, 20.0, 9000.0], 500)])
+    acc[::17] = 5000.0  # large circles: some points defer to the exact index
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+    n = len(lon)
+    kind = np.empty(n, dtype=np.int8)
+    zone = np.empty(n, dtype=np.int32)
+    todo = np.empty(n, dtype=np.bool_)
+    grid_kernel(lon, lat, acc, *grid._packed, kind, zone, todo)
+    deferred = 0
+    for i in range(n):
+        one = grid.locate_one(float(lon[i]), float(lat[i]), float(acc[i]))
+        if one is None:
+            assert todo[i], i
+            deferred += 1
+        else:
+            assert not todo[i] and one == (int(kind[i]), int(zone[i])), i
+    assert 0 < deferred < n and (kind != KIND_CLEAR).sum() > n // 4
 
 
 def test_most_points_never_reach_the_exact_index(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
+import itertools
 import json
 import math
 import os
@@ -151,10 +153,16 @@ def test_zone_count_limits_per_file_and_per_set(
 
 
 # --- compiled files -------------------------------------------------------------------------------
+#
+# A compiled file is zoneset.json plus .npy arrays, each listed with its SHA-256 in manifest.json.
+# write_gfz rewrites the manifest for whatever members it is given, as an attacker could: every
+# refusal below comes from checking the data itself, not from a checksum.
+
+Members = dict[str, bytes]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Members]:
     zs = ZoneSet.compile(
         [
             Zone("clinic", "", Category.CLINIC, shapely.Point(-122.33, 47.61), 30.0),
@@ -167,40 +175,68 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
     )
     path = compiled.save(zs, tmp_path_factory.mktemp("gfz") / "good.gfz")
     with zipfile.ZipFile(path) as zf:
-        data = json.loads(zf.read("zoneset.json"))
-    return path, data
+        members = {n: zf.read(n) for n in zf.namelist() if n != compiled.MANIFEST}
+    return path, members
 
 
 def write_gfz(
     path: Path,
-    payload: bytes,
+    members: Members,
     manifest: dict[str, Any] | None = None,
-    compression: int = zipfile.ZIP_DEFLATED,
+    compression: int = zipfile.ZIP_STORED,
 ) -> Path:
-    """A compiled file with a correct checksum for whatever payload it is given."""
+    """A compiled file with a correct checksum for whatever members it is given."""
     m = {
         "format": compiled.FORMAT,
         "format_version": compiled.FORMAT_VERSION,
         "zone_set_version": "v",
         "zones": 2,
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "payload_bytes": len(payload),
+        "members": {
+            n: {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+            for n, raw in members.items()
+        },
     }
     m.update(manifest or {})
     with zipfile.ZipFile(path, "w", compression=compression) as zf:
-        zf.writestr("manifest.json", json.dumps(m))
-        zf.writestr("zoneset.json", payload)
+        zf.writestr(compiled.MANIFEST, json.dumps(m))
+        for n, raw in members.items():
+            zf.writestr(n, raw)
     return path
 
 
-def load_data(tmp_path: Path, data: Any) -> ZoneSet:
-    raw = json.dumps(data).encode()
-    return compiled.load(write_gfz(tmp_path / "x.gfz", raw))
+def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
 
 
-def test_the_base_file_loads(tmp_path: Path, base: tuple[Path, dict[str, Any]]) -> None:
-    zs = load_data(tmp_path, base[1])  # rewritten by write_gfz: the helper itself is sound
+def array(members: Members, name: str) -> np.ndarray:
+    return np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False)
+
+
+def meta(members: Members) -> dict[str, Any]:
+    return json.loads(members["zoneset.json"])
+
+
+def replaced(members: Members, **changes: Any) -> Members:
+    """`members` with some replaced: name=array (dots as __) or meta=dict."""
+    out = dict(members)
+    for key, value in changes.items():
+        if key == "meta":
+            out["zoneset.json"] = json.dumps(value, allow_nan=True).encode()
+        else:
+            out[key.replace("__", ".") + ".npy"] = value if isinstance(value, bytes) else npy(value)
+    return out
+
+
+def load_members(tmp_path: Path, members: Members) -> ZoneSet:
+    return compiled.load(write_gfz(tmp_path / "x.gfz", members))
+
+
+def test_the_base_file_loads(tmp_path: Path, base: tuple[Path, Members]) -> None:
+    zs = load_members(tmp_path, base[1])  # rewritten by write_gfz: the helper itself is sound
     assert zs.ids == ("clinic", "church") and zs.version == "v-hostile"
+    assert zs.zones[0].radius_m == 30.0 and zs.zones[1].geometry.geom_type == "Polygon"
 
 
 def _patch_central_size(path: Path, member: str, size: int) -> None:
@@ -219,22 +255,23 @@ def _patch_central_size(path: Path, member: str, size: int) -> None:
 
 
 def test_a_huge_declared_payload_is_refused_before_it_is_inflated(
-    tmp_path: Path, base: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, base: tuple[Path, Members], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "bomb.gfz"
     path.write_bytes(base[0].read_bytes())
     _patch_central_size(path, "zoneset.json", 0xFFFFFFF0)  # "4 GB once inflated"
-    reads: list[str] = []
-    real_read = zipfile.ZipFile.read
+    monkeypatch.setattr(compiled, "MAX_PAYLOAD_BYTES", 1 << 31)
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
 
-    def spy(self: zipfile.ZipFile, name: Any, pwd: Any = None) -> bytes:
-        reads.append(getattr(name, "filename", name))
-        return real_read(self, name, pwd)
+    def spy(self: zipfile.ZipFile, name: Any, *a: Any, **k: Any) -> Any:
+        opened.append(getattr(name, "filename", name))
+        return real_open(self, name, *a, **k)
 
-    monkeypatch.setattr(zipfile.ZipFile, "read", spy)
-    with pytest.raises(CompiledFileError, match="payload of 4294967280 bytes is over the limit"):
+    monkeypatch.setattr(zipfile.ZipFile, "open", spy)
+    with pytest.raises(CompiledFileError, match=r"payload of [0-9]+ bytes is over the limit"):
         compiled.load(path)
-    assert "zoneset.json" not in reads
+    assert "zoneset.json" not in opened and not any(n.endswith(".npy") for n in opened)
 
 
 def test_a_real_zip_bomb_manifest_is_refused(tmp_path: Path) -> None:
@@ -249,23 +286,25 @@ def test_a_real_zip_bomb_manifest_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_member_that_inflates_past_its_declared_size_is_refused(
-    tmp_path: Path, base: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, base: tuple[Path, Members]
 ) -> None:
     """A bomb that lies low: zipfile stops at the declared size and the CRC fails."""
     path = tmp_path / "liar.gfz"
-    payload = json.dumps(base[1]).encode() + b" " * 5_000_000
-    write_gfz(path, payload)
+    members = dict(base[1])
+    members["zoneset.json"] += b" " * 5_000_000
+    write_gfz(path, members, compression=zipfile.ZIP_DEFLATED)
+    listed = {
+        n: {"sha256": hashlib.sha256(r).hexdigest(), "bytes": len(r)} for n, r in members.items()
+    }
+    listed["zoneset.json"]["bytes"] = 1000
+    write_gfz(path, members, {"members": listed}, compression=zipfile.ZIP_DEFLATED)
     _patch_central_size(path, "zoneset.json", 1000)
     with pytest.raises(CompiledFileError, match="not a readable"):
-        compiled.load(path)
-    monkeypatch.setattr(compiled, "MAX_PAYLOAD_BYTES", 4_000_000)
-    write_gfz(path, payload)
-    with pytest.raises(CompiledFileError, match="over the limit of 4000000"):
         compiled.load(path)
 
 
 def test_file_size_member_count_and_zone_count_limits(
-    tmp_path: Path, base: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, base: tuple[Path, Members], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(compiled, "MAX_FILE_BYTES", base[0].stat().st_size - 1)
     with pytest.raises(CompiledFileError, match="over the limit"):
@@ -280,12 +319,34 @@ def test_file_size_member_count_and_zone_count_limits(
     with pytest.raises(CompiledFileError, match="archive members"):
         compiled.load(crowded)
 
-    raw = json.dumps(base[1]).encode()
+    extra = write_gfz(tmp_path / "extra.gfz", {**base[1], "junk.npy": npy(np.zeros(1))})
+    with pytest.raises(CompiledFileError, match="does not list this format's members"):
+        compiled.load(extra)
+    missing = dict(base[1])
+    del missing["sub.ints.npy"]
+    with pytest.raises(CompiledFileError, match="does not list this format's members"):
+        compiled.load(write_gfz(tmp_path / "missing.gfz", missing))
+
     with pytest.raises(CompiledFileError, match="zones, over the limit"):
-        compiled.load(write_gfz(tmp_path / "m.gfz", raw, {"zones": zones.MAX_ZONES + 1}))
-    monkeypatch.setattr(compiled, "MAX_ZONES", 1)  # the manifest may lie: the payload is counted
+        compiled.load(write_gfz(tmp_path / "m.gfz", base[1], {"zones": zones.MAX_ZONES + 1}))
+    monkeypatch.setattr(compiled, "MAX_ZONES", 1)  # the manifest may lie: the columns are counted
     with pytest.raises(CompiledFileError, match="holds 2 zones, over the limit of 1"):
-        compiled.load(write_gfz(tmp_path / "n.gfz", raw, {"zones": 1}))
+        compiled.load(write_gfz(tmp_path / "n.gfz", base[1], {"zones": 1}))
+
+
+def test_a_member_altered_after_the_manifest_is_refused(
+    tmp_path: Path, base: tuple[Path, Members]
+) -> None:
+    path = write_gfz(tmp_path / "x.gfz", base[1])
+    members = replaced(base[1], zone__radius_m=np.array([31.0, 0.0]))
+    with zipfile.ZipFile(path) as zf:
+        manifest = zf.read(compiled.MANIFEST)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(compiled.MANIFEST, manifest)  # the old checksums, the new radius
+        for n, raw in members.items():
+            zf.writestr(n, raw)
+    with pytest.raises(CompiledFileError, match=r"checksum mismatch in zone.radius_m.npy"):
+        compiled.load(path)
 
 
 @pytest.mark.parametrize(
@@ -299,9 +360,11 @@ def test_file_size_member_count_and_zone_count_limits(
     ],
     ids=["pickle", "text", "nan", "deep", "utf16"],
 )
-def test_non_json_payloads_are_refused(tmp_path: Path, payload: bytes) -> None:
+def test_non_json_meta_is_refused(
+    tmp_path: Path, base: tuple[Path, Members], payload: bytes
+) -> None:
     with pytest.raises(CompiledFileError):
-        compiled.load(write_gfz(tmp_path / "x.gfz", payload))
+        load_members(tmp_path, {**base[1], "zoneset.json": payload})
 
 
 class _Trap:
@@ -315,23 +378,30 @@ class _Trap:
 
 
 def test_a_pickle_with_a_valid_checksum_is_never_unpickled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, base: tuple[Path, Members], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = tmp_path / "unpickled"
     payload = pickle.dumps(_Trap(str(marker)))
+    trap_array = np.empty(2, dtype=object)
+    trap_array[:] = [_Trap(str(marker)), _Trap(str(marker))]
+    pickled_npy = npy(trap_array, allow_pickle=True)  # an object array: pickles inside .npy
     calls: list[str] = []
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: calls.append("loads"))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: calls.append("load"))
-    for where in ("zoneset.json", "manifest.json"):
-        path = tmp_path / f"{where}.gfz"
-        if where == "zoneset.json":
-            write_gfz(path, payload)
-        else:
-            with zipfile.ZipFile(path, "w") as zf:
-                zf.writestr("manifest.json", payload)
-                zf.writestr("zoneset.json", b"{}")
+    cases = {
+        "meta": {**base[1], "zoneset.json": payload},
+        "npy": replaced(base[1], zone__radius_m=pickled_npy),
+        "raw": replaced(base[1], zone__radius_m=payload),
+    }
+    for where, members in cases.items():
         with pytest.raises(CompiledFileError):
-            compiled.load(path)
+            compiled.load(write_gfz(tmp_path / f"{where}.gfz", members))
+    path = tmp_path / "manifest.gfz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("manifest.json", payload)
+        zf.writestr("zoneset.json", b"{}")
+    with pytest.raises(CompiledFileError):
+        compiled.load(path)
     assert not marker.exists() and calls == []
 
 
@@ -348,29 +418,24 @@ def _mutated(data: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any
 
 
 _DELETE = object()
-_HUGE_COUNT_WKB = (struct.pack("<BII", 1, 2, 0x7FFFFFFF) + b"\x00" * 32).hex()  # "2^31 points"
+_HUGE_COUNT_WKB = struct.pack("<BII", 1, 2, 0x7FFFFFFF) + b"\x00" * 32  # "2^31 points"
 _BOWTIE = shapely.Polygon([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)])
 
 WRONG = [
     (None, [], "top level is list"),
-    (["zones"], {"a": 1}, "zones is not an array"),
-    (["zones", 0], "clinic", "zones\\[0\\] is str"),
-    (["zones", 0, "radius_m"], "30", "radius_m is str"),
-    (["zones", 0, "radius_m"], -1, "radius_m must be finite"),
-    (["zones", 0, "radius_m"], math.inf, "non-standard JSON constant Infinity"),
-    (["zones", 0, "radius_m"], "__1e999__", "radius_m must be finite"),  # 1e999 reads as inf
-    (["zones", 0, "radius_m"], 10**400, "radius_m is too large"),
-    (["zones", 0, "radius_m"], True, "radius_m is bool"),
-    (["zones", 0, "buffer_m"], -5.0, "buffer_m must be finite"),
-    (["zones", 0, "valid_from"], "2026-01-01", "valid_from is str"),
-    (["zones", 0, "id"], 17, "id is int"),
-    (["zones", 0, "category"], "hospitl", "category is not a category"),
-    (["zones", 0, "jurisdiction"], ["WA"], "jurisdiction is list"),
-    (["zones", 0, "extra"], 1, "wrong keys"),
-    (["zones", 0, "wkb"], _DELETE, "wrong keys"),
+    (["zones"], [], "zones is list"),
+    (["zones", "id"], {"a": 1}, "zones.id is not an array"),
+    (["zones", "id", 0], 17, "zones.id\\[0\\] is int"),
+    (["zones", "name"], ["x"], "holds 1 zones, not 2"),
+    (["zones", "jurisdiction", 0], ["WA"], "jurisdiction\\[0\\] is list"),
+    (["zones", "extra"], [], "wrong keys"),
+    (["zones", "source"], _DELETE, "wrong keys"),
     (["policy", "rules"], [], "policy.rules is list"),
     (["policy", "rules", "clinic"], _DELETE, "does not cover"),
     (["policy", "rules", "clinic", "buffer_m"], -609.6, "buffer_m must be finite"),
+    (["policy", "rules", "clinic", "buffer_m"], "__1e999__", "buffer_m must be finite"),
+    (["policy", "rules", "clinic", "buffer_m"], 10**400, "buffer_m is too large"),
+    (["policy", "rules", "clinic", "buffer_m"], True, "buffer_m is bool"),
     (["policy", "rules", "clinic", "lookback_days"], "60", "lookback_days is str"),
     (["policy", "requests", "max_accuracy_m"], None, "max_accuracy_m is NoneType"),
     (["policy", "requests", "ip_location"], "allow", "ip_location must be one of"),
@@ -383,70 +448,199 @@ WRONG = [
 
 
 @pytest.mark.parametrize(("where", "value", "message"), WRONG, ids=lambda v: str(v)[:40])
-def test_wrong_types_and_values_in_the_payload(
+def test_wrong_types_and_values_in_meta(
     tmp_path: Path,
-    base: tuple[Path, dict[str, Any]],
+    base: tuple[Path, Members],
     where: list[Any] | None,
     value: Any,
     message: str,
 ) -> None:
-    data = value if where is None else _mutated(base[1], where, value)
+    data = value if where is None else _mutated(meta(base[1]), where, value)
     raw = json.dumps(data, allow_nan=True).replace('"__1e999__"', "1e999").encode()
     with pytest.raises(CompiledFileError, match=f"malformed payload.*{message}"):
-        compiled.load(write_gfz(tmp_path / "x.gfz", raw))
+        load_members(tmp_path, {**base[1], "zoneset.json": raw})
+
+
+def _header_lies(name: str, shape: tuple[int, ...], dtype: str, data: bytes) -> bytes:
+    """A .npy member whose header claims `shape` but which holds only `data`."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, dtype=dtype))
+    header["shape"] = shape
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + data
+
+
+def _with_column(members: Members, name: str, column: int, row: int, value: Any) -> np.ndarray:
+    a = array(members, name).copy()
+    a[row, column] = value
+    return a
+
+
+def _array_cases(members: Members) -> list[tuple[str, dict[str, Any], str]]:
+    """(case, replaced members, message): one crafted array each, checksums all correct."""
+    fine_ints = array(members, "fine.ints")
+    coord_start = array(members, "flat.coord_start")
+    n_parts = len(array(members, "part.zone"))
+    swapped = coord_start.copy()
+    if len(swapped) > 2:
+        swapped[1], swapped[2] = swapped[2], swapped[1]
+    else:
+        swapped[0] = 1
+    radius = array(members, "zone.radius_m")
+    return [
+        ("wrong dtype", {"zone__radius_m": radius.astype(np.float32)}, "dtype <f4, not <f8"),
+        ("big-endian", {"zone__radius_m": radius.astype(">f8")}, "dtype >f8, not <f8"),
+        ("wrong shape", {"fine__ints": fine_ints[:, :4].copy()}, "has shape"),
+        ("fortran", {"fine__ints": np.asfortranarray(fine_ints)}, "has shape"),
+        ("truncated", {"fine__ints": npy(fine_ints)[:-8]}, "bytes of data, not the"),
+        (
+            "header claims a huge shape",
+            {"fine__ints": _header_lies("fine.ints", (10**12, 5), "i8", b"\0" * 40)},
+            "bytes of data, not the",
+        ),
+        ("not npy", {"fine__ints": b"\x93NUMPY\x09\x00junk"}, "not a .npy array|npy version"),
+        (
+            "zone count",
+            {"zone__radius_m": np.array([30.0, 0.0, 5.0])},
+            "has 3 rows, not one per zone \\(2\\)",
+        ),
+        ("cell count", {"fine__floats": array(members, "fine.floats")[:-1]}, "per fine cell"),
+        ("part out of range", {"part__zone": np.array([0, 2], dtype=np.int64)}, "out of range"),
+        (
+            "entry part out of range",
+            {"fine__entries": _with_column(members, "fine.entries", 0, 0, n_parts)},
+            "piece index is out of range",
+        ),
+        (
+            "entry frame out of range",
+            {"fine__entries": _with_column(members, "fine.entries", 1, 0, -1)},
+            "frame index is out of range",
+        ),
+        (
+            "zone out of range",
+            {"fine__ints": _with_column(members, "fine.ints", 1, 0, 2)},
+            "zone index out of range",
+        ),
+        (
+            "state out of range",
+            {"fine__ints": _with_column(members, "fine.ints", 0, 0, 9)},
+            "state that is not a state",
+        ),
+        (
+            "list past the entries",
+            {"fine__ints": _with_column(members, "fine.ints", 4, -1, 10**9)},
+            "lists that are not offsets",
+        ),
+        ("non-monotone offsets", {"flat__coord_start": swapped}, "is not offsets"),
+        (
+            "wkb offsets past the blob",
+            {"zone__wkb_start": array(members, "zone.wkb_start") + 1},
+            "is not offsets",
+        ),
+        (
+            "a split cell without subcells",
+            {"fine__ints": _with_column(members, "fine.ints", 0, 0, 4)},
+            "per sub cell",
+        ),
+        (
+            "keys out of order",
+            {"fine__keys": array(members, "fine.keys")[::-1].copy()},
+            "strictly increasing",
+        ),
+        (
+            "nan frame",
+            {"fine__combos": _with_column(members, "fine.combos", 2, 0, np.nan)},
+            "not finite",
+        ),
+        ("negative radius", {"zone__radius_m": np.array([-1.0, 0.0])}, "negative radii"),
+        ("infinite buffer", {"zone__buffer_m": np.array([np.inf, np.nan])}, "not finite"),
+        ("category", {"zone__category": np.array([200, 0], dtype=np.uint8)}, "out of range"),
+        ("tile", {"part__tile": np.array([-7, 0], dtype=np.int64)}, "not tiles"),
+    ]
+
+
+_CASE_NAMES = [
+    "wrong dtype", "big-endian", "wrong shape", "fortran", "truncated",
+    "header claims a huge shape", "not npy", "zone count", "cell count", "part out of range",
+    "entry part out of range", "entry frame out of range", "zone out of range",
+    "state out of range", "list past the entries", "non-monotone offsets",
+    "wkb offsets past the blob", "a split cell without subcells", "keys out of order",
+    "nan frame", "negative radius", "infinite buffer", "category", "tile",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _CASE_NAMES)
+def test_crafted_arrays_are_refused(tmp_path: Path, base: tuple[Path, Members], case: str) -> None:
+    """Each crafted array, with a manifest that matches it, is refused before any kernel runs."""
+    cases = {name: (changes, message) for name, changes, message in _array_cases(base[1])}
+    assert set(cases) == set(_CASE_NAMES)
+    changes, message = cases[case]
+    with pytest.raises(CompiledFileError, match=message):
+        load_members(tmp_path, replaced(base[1], **changes))
+
+
+def _with_wkb(members: Members, i: int, wkb: bytes) -> Members:
+    """`members` with zone i's geometry replaced by raw WKB bytes."""
+    blob, start = array(members, "zone.wkb").tobytes(), array(members, "zone.wkb_start")
+    parts = [blob[a:b] for a, b in itertools.pairwise(start.tolist())]
+    parts[i] = wkb
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    return replaced(
+        members,
+        zone__wkb=np.frombuffer(b"".join(parts), dtype=np.uint8),
+        zone__wkb_start=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+    )
 
 
 ABSURD_WKB = [
-    (shapely.LineString([(0, 0), (1, 1)]).wkb_hex, "is a LineString"),
-    (shapely.GeometryCollection([shapely.Point(0, 0)]).wkb_hex, "is a GeometryCollection"),
-    (shapely.Polygon().wkb_hex, "is empty"),
-    (shapely.Point(200.0, 0).wkb_hex, "outside longitude/latitude"),
-    (shapely.Point(math.nan, 0).wkb_hex, "outside longitude/latitude"),
-    (_BOWTIE.wkb_hex, "is not valid"),
+    (shapely.LineString([(0, 0), (1, 1)]).wkb, "is a LineString"),
+    (shapely.GeometryCollection([shapely.Point(0, 0)]).wkb, "is a GeometryCollection"),
+    (shapely.Polygon().wkb, "is empty"),
+    (shapely.Point(200.0, 0).wkb, "outside longitude/latitude"),
+    (shapely.Point(math.nan, 0).wkb, "outside longitude/latitude"),
+    (_BOWTIE.wkb, "is not valid"),
     (_HUGE_COUNT_WKB, ""),  # GEOS refuses the count: "malformed payload (GEOSException ...)"
-    (shapely.Point(1, 2).wkb_hex[:-6], ""),  # truncated
-    ("zz" * 21, ""),  # not hex
-    ("", ""),
+    (shapely.Point(1, 2).wkb[:-3], ""),  # truncated
+    (b"zz" * 21, ""),  # not WKB
+    (b"", ""),
 ]
 
 
 @pytest.mark.parametrize(("wkb", "message"), ABSURD_WKB, ids=lambda v: str(v)[:24])
 def test_absurd_wkb_is_refused(
-    tmp_path: Path, base: tuple[Path, dict[str, Any]], wkb: str, message: str
+    tmp_path: Path, base: tuple[Path, Members], wkb: bytes, message: str
 ) -> None:
-    data = _mutated(base[1], ["zones", 1, "wkb"], wkb)
     with pytest.raises(CompiledFileError, match=f"malformed payload.*{message}"):
-        load_data(tmp_path, data)
+        load_members(tmp_path, _with_wkb(base[1], 1, wkb))
 
 
-def test_a_point_zone_needs_a_radius(tmp_path: Path, base: tuple[Path, dict[str, Any]]) -> None:
-    data = _mutated(base[1], ["zones", 0, "radius_m"], 0.0)
+def test_a_point_zone_needs_a_radius(tmp_path: Path, base: tuple[Path, Members]) -> None:
+    members = replaced(base[1], zone__radius_m=np.array([0.0, 0.0]))
     with pytest.raises(CompiledFileError, match="radius_m must be > 0"):
-        load_data(tmp_path, data)
+        load_members(tmp_path, members)
 
 
 def test_compiled_vertex_limit(
-    tmp_path: Path, base: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, base: tuple[Path, Members], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    big = shapely.Polygon(ring(100)).wkb_hex
-    data = _mutated(base[1], ["zones", 1, "wkb"], big)
-    assert load_data(tmp_path, data).ids == ("clinic", "church")
+    members = _with_wkb(base[1], 1, shapely.Polygon(ring(100)).wkb)
+    assert load_members(tmp_path, members).ids == ("clinic", "church")
     monkeypatch.setattr(compiled, "MAX_VERTICES_PER_ZONE", 50)
     with pytest.raises(CompiledFileError, match="101 vertices, over the limit of 50"):
-        load_data(tmp_path, data)
-    # A hex string too long to hold 50 vertices is refused before GEOS parses it.
-    data = _mutated(base[1], ["zones", 1, "wkb"], "00" * (64 * 50 + 100))
+        load_members(tmp_path, members)
+    # WKB too long to hold 50 vertices is refused before GEOS parses it.
+    members = _with_wkb(base[1], 1, b"\0" * (32 * 50 + 100))
     with pytest.raises(CompiledFileError, match="over 50 vertices"):
-        load_data(tmp_path, data)
+        load_members(tmp_path, members)
 
 
 def test_reload_of_a_hostile_compiled_file_keeps_the_serving_set(
-    tmp_path: Path, base: tuple[Path, dict[str, Any]]
+    tmp_path: Path, base: tuple[Path, Members]
 ) -> None:
     e = Engine.load(base[0])
     before = e.version
-    bad = _mutated(base[1], ["zones", 0, "radius_m"], -1)
-    path = write_gfz(tmp_path / "bad.gfz", json.dumps(bad).encode())
+    bad = replaced(base[1], fine__entries=_with_column(base[1], "fine.entries", 0, 0, 10**9))
+    path = write_gfz(tmp_path / "bad.gfz", bad)
     with pytest.raises(CompiledFileError):
         e.reload(path)
     assert e.version == before

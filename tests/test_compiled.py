@@ -1,0 +1,192 @@
+"""Compiled files (`.gfz`) carry the built index: a loaded zone set decides exactly as compiled.
+
+The file stores the grid's tables and the exact index's pieces, so load rebuilds only hash
+tables and an STRtree. These tests compare a loaded set with the set it was saved from, array
+by array and decision by decision. Hostile files are in test_hostile_files.py.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from conftest import BUNDLED_ZONES
+
+from geofence import Category, CompiledFileError, Engine, compiled
+from geofence.grid import GridIndex
+from geofence.policy import load_policy_text
+from geofence.zones import Zone
+from geofence.zoneset import ZoneSet
+
+M_PER_DEG = 111_320.0  # only for placing test points, never for a decision
+
+
+@pytest.fixture(scope="module")
+def bundled() -> ZoneSet:
+    return ZoneSet.from_paths(BUNDLED_ZONES)
+
+
+@pytest.fixture(scope="module")
+def saved(bundled: ZoneSet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compiled.save(bundled, tmp_path_factory.mktemp("gfz") / "zones.gfz")
+
+
+def edge_points(
+    zs: ZoneSet, rng: np.random.Generator, per_zone: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points near each zone's outline, buffer edge and buffer + accuracy edge (+/- 1 m).
+
+    Each point starts on the zone's boundary and moves outward (or inward) by one of those
+    distances, in a random direction: the cells there are the mixed ones whose lists decide.
+    """
+    geoms = np.array([z.geometry for z in zs.zones], dtype=object)
+    boundary = shapely.boundary(shapely.buffer(geoms, 0.0))  # a Point zone's boundary is empty
+    boundary = np.where(shapely.is_empty(boundary), geoms, boundary)
+    zone = np.repeat(np.arange(len(geoms)), per_zone)
+    start = shapely.line_interpolate_point(
+        shapely.boundary(shapely.buffer(boundary[zone], 1e-9)),
+        rng.random(len(zone)),
+        normalized=True,
+    )
+    x, y = shapely.get_x(start), shapely.get_y(start)
+    acc = rng.choice(np.array([0.0, 5.0, 20.0, 50.0, 150.0, 1000.0]), len(zone))
+    radius = np.array([z.radius_m for z in zs.zones])[zone]
+    buffer = zs.buffer_m[zone]
+    dist = np.choose(
+        rng.integers(0, 3, len(zone)), [radius, radius + buffer, radius + buffer + acc]
+    ) + rng.uniform(-1.0, 1.0, len(zone))
+    angle = rng.uniform(0, 2 * np.pi, len(zone))
+    lat = y + dist * np.sin(angle) / M_PER_DEG
+    lon = x + dist * np.cos(angle) / (M_PER_DEG * np.cos(np.radians(y)))
+    return lon, lat, acc
+
+
+def uniform_points(
+    zs: ZoneSet, rng: np.random.Generator, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points spread over the zones' bounding boxes (plus 0.02 degrees), with mixed accuracies."""
+    b = shapely.bounds(np.array([z.geometry for z in zs.zones], dtype=object))
+    pick = rng.integers(0, len(b), n)
+    lon = rng.uniform(b[pick, 0] - 0.02, b[pick, 2] + 0.02)
+    lat = rng.uniform(b[pick, 1] - 0.02, b[pick, 3] + 0.02)
+    acc = rng.choice(np.array([0.0, 5.0, 20.0, 100.0, 1000.0, 5000.0]), n)
+    return lon, lat, acc
+
+
+def assert_same_decisions(
+    a: ZoneSet, b: ZoneSet, lon: np.ndarray, lat: np.ndarray, acc: np.ndarray
+) -> None:
+    da = Engine(a).check_many(lat, lon, acc)
+    db = Engine(b).check_many(lat, lon, acc)
+    assert np.array_equal(da.reason, db.reason)
+    assert np.array_equal(da.zone_index, db.zone_index)
+    assert np.array_equal(da.category, db.category)
+    # Not a vacuous comparison: both paths saw rejections and allowances.
+    assert 0 < int(np.count_nonzero(da.allowed)) < len(lon)
+
+
+def assert_same_tables(a: ZoneSet, b: ZoneSet) -> None:
+    """Every array the grid kernel reads, and the exact index's pieces, are identical."""
+    ga, gb = a.index, b.index
+    assert isinstance(ga, GridIndex) and isinstance(gb, GridIndex)
+    for x, y in zip(ga._packed, gb._packed, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x, y, equal_nan=True)
+    ea, eb = a.exact, b.exact
+    for name in ("radius_m", "buffer_m", "valid_from", "valid_until", "part_zone", "part_tile",
+                 "part_bounds", "tree_part"):  # fmt: skip
+        assert np.array_equal(getattr(ea, name), getattr(eb, name)), name
+    assert shapely.equals_exact(ea.part_geom, eb.part_geom, tolerance=0.0).all()
+    assert ga.stats() == gb.stats()
+
+
+def test_bundled_zones_load_with_identical_tables_and_decisions(
+    bundled: ZoneSet, saved: Path
+) -> None:
+    """~100k points near edges plus uniform ones: reason, zone and category all equal."""
+    loaded = compiled.load(saved)
+    assert loaded.version == bundled.version
+    assert loaded.ids == bundled.ids and loaded.zones == bundled.zones
+    assert loaded.warnings == bundled.warnings
+    assert loaded.policy.rules == bundled.policy.rules
+    assert np.array_equal(loaded.buffer_m, bundled.buffer_m)
+    assert np.array_equal(loaded.category, bundled.category)
+    assert_same_tables(bundled, loaded)
+    rng = np.random.default_rng(20260101)
+    lon1, lat1, acc1 = edge_points(bundled, rng, per_zone=110)
+    lon2, lat2, acc2 = uniform_points(bundled, rng, 30_000)
+    lon, lat, acc = (np.concatenate(p) for p in ((lon1, lon2), (lat1, lat2), (acc1, acc2)))
+    assert len(lon) >= 100_000
+    assert_same_decisions(bundled, loaded, lon, lat, acc)
+
+
+def test_engine_load_and_reload_from_a_gfz(bundled: ZoneSet, saved: Path, tmp_path: Path) -> None:
+    engine = Engine.load(saved)
+    assert engine.version == bundled.version
+    inside = engine.check_location(lat=51.5138028, lon=-0.0983361, accuracy_m=5.0)
+    assert not inside.allowed and inside.zone_set_version == bundled.version
+    other = ZoneSet.compile(
+        [Zone("one", "", Category.CLINIC, shapely.box(10.0, 50.0, 10.001, 50.001))],
+        load_policy_text('pack = "us-strictest"\n', "<test>"),
+        "v-other",
+    )
+    path = Engine(other).save(tmp_path / "other.gfz")
+    assert engine.reload(path) == "v-other" and engine.version == "v-other"
+    assert engine.check_location(lat=51.5138028, lon=-0.0983361, accuracy_m=5.0).allowed
+    assert engine.check_location(lat=50.0005, lon=10.0005, accuracy_m=5.0).zone_id == "one"
+
+
+def test_awkward_zones_round_trip(tmp_path: Path) -> None:
+    """Zones that take the other paths: a zone wider than a tile (exact only, interior piece),
+    a temporary zone, a point zone, a multipolygon, a zone at the antimeridian, and a zone whose
+    own buffer is below the policy's (a warning)."""
+    big = shapely.box(20.1, 40.1, 21.4, 41.3)
+    zones = [
+        Zone("big", "Big", Category.MILITARY, big),
+        Zone("temp", "", Category.ASSEMBLY, shapely.box(5.0, 45.0, 5.002, 45.002),
+             valid_from=1_700_000_000.0, valid_until=1_800_000_000.0),
+        Zone("pt", "", Category.CLINIC, shapely.Point(-73.98, 40.75), radius_m=25.0),
+        Zone("multi", "", Category.HOSPITAL, shapely.MultiPolygon(
+            [shapely.box(2.0, 48.0, 2.001, 48.001), shapely.box(2.003, 48.0, 2.004, 48.001)])),
+        Zone("am", "", Category.COURT, shapely.box(179.9995, -17.0, 180.0, -16.999)),
+        Zone("low", "", Category.SHELTER, shapely.box(-0.1, 51.5, -0.099, 51.501), buffer_m=1.0,
+             jurisdiction="GB", source="x.geojson"),
+    ]  # fmt: skip
+    policy = load_policy_text('pack = "us-strictest"\n', "<test>")
+    zs = ZoneSet.compile(zones, policy, "v-awkward")
+    loaded = compiled.load(compiled.save(zs, tmp_path / "a.gfz"))
+    assert loaded.zones == zs.zones and loaded.warnings == zs.warnings
+    assert any("buffer_m 1 is below" in w.message for w in loaded.warnings)
+    assert_same_tables(zs, loaded)
+    assert isinstance(loaded.index, GridIndex) and len(loaded.index.forced) >= 1
+    rng = np.random.default_rng(5)
+    lon, lat, acc = edge_points(zs, rng, per_zone=2000)
+    for at in (1_600_000_000.0, 1_750_000_000.0):
+        a = Engine(zs).check_many(lat, lon, acc, at=np.full(len(lon), at))
+        b = Engine(loaded).check_many(lat, lon, acc, at=np.full(len(lon), at))
+        assert np.array_equal(a.reason, b.reason) and np.array_equal(a.zone_index, b.zone_index)
+    assert_same_decisions(zs, loaded, lon, lat, acc)
+
+
+def test_an_old_format_file_asks_to_be_recompiled(tmp_path: Path) -> None:
+    path = tmp_path / "old.gfz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("manifest.json", json.dumps({"format": compiled.FORMAT, "format_version": 1}))
+        zf.writestr("zoneset.json", b"{}")
+    with pytest.raises(CompiledFileError, match=r"format version 1;.*recompile"):
+        compiled.load(path)
+
+
+def test_the_file_is_arrays_and_json_only(saved: Path) -> None:
+    """Members are the manifest, zoneset.json and .npy arrays, stored (not deflated)."""
+    with zipfile.ZipFile(saved) as zf:
+        names = {i.filename for i in zf.infolist()}
+        assert names == compiled.MEMBERS | {compiled.MANIFEST}
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        manifest = json.loads(zf.read(compiled.MANIFEST))
+    assert manifest["format_version"] == compiled.FORMAT_VERSION == 2
+    assert set(manifest["members"]) == compiled.MEMBERS

@@ -208,9 +208,10 @@ class Engine:
             return None  # the exact index's case: the batch path, which knows the time
         kind, z = found
         if kind != KIND_CLEAR:
-            if device_id is not None:
-                return None
+            if device_id is not None and not self._record_one(zs, lon, lat, acc, device_id, when):
+                return None  # presence only the exact index can tell: the batch path
             reason = Reason.INSIDE_ZONE if kind == KIND_INSIDE else Reason.NEAR_ZONE
+            # Already a rejection: the device's history cannot change it, so it is not read.
             return Decision(
                 False, reason, zs.version, zs.ids[z], Category.from_code(int(zs.category[z]))
             )
@@ -234,6 +235,25 @@ class Engine:
                     until=end,
                 )
         return _ALLOWED.get(zs.version) or _allowed(zs.version)
+
+    def _record_one(
+        self, zs: ZoneSet, lon: float, lat: float, acc: float, device_id: str, when: float
+    ) -> bool:
+        """Record one request's presence as the batch path would; False if the grid can't tell."""
+        present = zs.index.presence_one(
+            float(lon), float(lat), acc, zs.policy.presence.rule == "center_inside"
+        )
+        if present is None:
+            return False
+        if present.size:
+            m = len(present)
+            self._write_presence(
+                [self._hasher.key(device_id)] * m,
+                zs.category[present],
+                np.array([when] * m),
+                np.array([when + _max_lookback_s(zs)] * m),
+            )
+        return True
 
     def observe(
         self,

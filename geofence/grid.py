@@ -206,18 +206,31 @@ class GridIndex:
         kernel = grid_kernel if n >= NOGIL_MIN_POINTS else grid_kernel_gil
         kernel(lon, lat, acc, *self._packed, kind, zone, todo)
         ex = self.exact
+        grid_point = grid_zone = np.empty(0, dtype=np.int64)
         if need_presence is not None:
-            # Presence needs every zone the circle reaches: only the exact index lists them all.
-            # A point the grid clears has none (its circle misses every zone by its buffer).
-            todo |= need_presence & (kind != KIND_CLEAR)
+            # Presence: every zone the circle reaches, from the cells' lists where they can
+            # tell, else from the exact index. A point the grid clears has none (its circle
+            # misses every zone by its buffer).
+            ask = np.flatnonzero(need_presence & (kind != KIND_CLEAR) & ~todo)
+            if ask.size:
+                grid_point, grid_zone, unsure = grid_presence(
+                    lon, lat, acc, ask.astype(np.int64), presence_center_only, *self._packed
+                )
+                todo[ask[unsure]] = True
+                keep = ~todo[grid_point]
+                grid_point, grid_zone = grid_point[keep], grid_zone[keep]
         rest = np.flatnonzero(todo)
-        if rest.size == 0:
-            empty = np.empty(0, dtype=np.int64)
-            return Located(kind, zone, empty, empty)
-        sub = ex.locate(lon[rest], lat[rest], acc[rest], at[rest], presence_center_only)
-        kind[rest] = sub.kind
-        zone[rest] = sub.zone
-        return Located(kind, zone, rest[sub.present_point], sub.present_zone)
+        if rest.size:
+            sub = ex.locate(lon[rest], lat[rest], acc[rest], at[rest], presence_center_only)
+            kind[rest] = sub.kind
+            zone[rest] = sub.zone
+            grid_point = np.concatenate([grid_point, rest[sub.present_point]])
+            grid_zone = np.concatenate([grid_zone, sub.present_zone])
+        if grid_point.size:
+            # One pair per (point, zone), ordered by point, as the exact index gives them.
+            pairs = np.unique(np.column_stack([grid_point, grid_zone]), axis=0)
+            grid_point, grid_zone = pairs[:, 0], pairs[:, 1]
+        return Located(kind, zone, grid_point, grid_zone)
 
     def locate_one(self, lon: float, lat: float, accuracy_m: float) -> tuple[int, int] | None:
         """(kind, zone) of one point, or None where the exact index must answer.
@@ -229,6 +242,19 @@ class GridIndex:
         if code < 0:
             return None
         return code >> 32, (code & 0xFFFFFFFF) - 1
+
+    def presence_one(
+        self, lon: float, lat: float, accuracy_m: float, center_only: bool = False
+    ) -> I64 | None:
+        """The zones one point is present in (each once), or None where the exact index must
+        tell: the single-request path's counterpart of `locate(..., need_presence=...)`."""
+        _, zones, unsure = grid_presence(
+            np.array([lon]), np.array([lat]), np.array([accuracy_m]), _POINT_ZERO, center_only,
+            *self._packed,
+        )  # fmt: skip
+        if unsure[0]:
+            return None
+        return zones if len(zones) < 2 else np.array(list(dict.fromkeys(zones.tolist())))
 
     def stats(self) -> dict[str, int]:
         """Cell counts per level and state, for benchmarks and tests."""
@@ -424,6 +450,7 @@ def _grid_kernel(
 grid_kernel = numba.njit(cache=True, nogil=True)(_grid_kernel)
 grid_kernel_gil = numba.njit(cache=True)(_grid_kernel)
 NOGIL_MIN_POINTS = 2048
+_POINT_ZERO = np.zeros(1, dtype=np.int64)  # presence_one's one point (read only)
 
 
 @numba.njit(cache=True)
@@ -466,6 +493,97 @@ def _pair_distances(
             cx[c], cy[c], pair_part[i], is_point, ring_start, coord_start, xs, ys
         )
     return d, db
+
+
+@numba.njit(cache=True, nogil=True)
+def grid_presence(
+    lon: F64, lat: F64, acc: F64, points: I64, center_only: bool, forced: F64, far: F64,
+    f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
+    s_table: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    c_table: I64, c_clear: F64,
+    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
+    pbox: F64,
+) -> tuple[I64, I64, B]:  # fmt: skip
+    """Presence pairs (point, zone) of the given points from their cells' lists.
+
+    A point is present in a zone when its circle reaches the zone's area (d <= r + a), or,
+    with center_only, when it lies inside. Every piece that can be is in the cell's list
+    whenever a <= list_valid (a piece left out is farther than reach + a). Points the lists
+    cannot settle (large circles, temporary zones, forced boxes) are flagged for the exact
+    index. Pairs may repeat where a zone has pieces in several tiles.
+    """
+    n = len(points)
+    todo = np.zeros(n, dtype=np.bool_)
+    cap = 4 * n + 16
+    out_point = np.empty(cap, dtype=np.int64)
+    out_zone = np.empty(cap, dtype=np.int64)
+    m = 0
+    f_keys, f_slots = f_table[0], f_table[1]
+    s_keys, s_slots = s_table[0], s_table[1]
+    f_mask = np.int64(f_table.shape[1] - 1)
+    s_mask = np.int64(s_table.shape[1] - 1)
+    xs, ys = xy[0], xy[1]
+    for j in range(n):
+        i = points[j]
+        x, y, a = lon[i], lat[i], acc[i]
+        forced_here = False
+        for k in range(forced.shape[0]):
+            if forced[k, 0] <= x <= forced[k, 2] and forced[k, 1] <= y <= forced[k, 3]:
+                forced_here = True
+        row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
+        col = np.int64(np.floor((x + 180.0) * FINE_PER_DEG)) % FINE_COLS
+        slot = find(f_keys, f_slots, f_mask, row * FINE_COLS + col)
+        if forced_here or slot < 0:
+            todo[j] = True  # not in a stored cell: nothing to list (clear points are not asked)
+            continue
+        ints, floats, entries, combos = f_ints, f_floats, f_entries, f_combos
+        if f_ints[slot, 0] == STATE_SUB:
+            srow = _clamp(np.int64(np.floor((y + 90.0) * SUB_PER_DEG)), row * SUB, SUB)
+            scol = _clamp(
+                np.int64(np.floor((x + 180.0) * SUB_PER_DEG)) % SUB_COLS, col * SUB, SUB
+            )
+            slot = find(s_keys, s_slots, s_mask, srow * SUB_COLS + scol)
+            ints, floats, entries, combos = s_ints, s_floats, s_entries, s_combos
+        if slot < 0 or not a <= floats[slot, 2]:
+            todo[j] = True
+            continue
+        if m + ints[slot, 4] - ints[slot, 3] > cap:  # room for every entry of this list
+            cap = 2 * (m + ints[slot, 4] - ints[slot, 3])
+            grown_point = np.empty(cap, dtype=np.int64)
+            grown_zone = np.empty(cap, dtype=np.int64)
+            grown_point[:m] = out_point[:m]
+            grown_zone[:m] = out_zone[:m]
+            out_point, out_zone = grown_point, grown_zone
+        for e in range(ints[slot, 3], ints[slot, 4]):
+            p = entries[e, 0]
+            c = entries[e, 1]
+            z = part_zone[p]
+            tol = FRAME_SLACK_M + combos[c, 8]
+            r = zone_m[z, 0]
+            limit = (r if center_only else r + a) * FRAME_STRETCH + tol
+            dl = x - combos[c, 0]
+            if dl > 180.0:
+                dl -= 360.0
+            elif dl < -180.0:
+                dl += 360.0
+            dt = y - combos[c, 1]
+            px = combos[c, 2] + combos[c, 4] * dl + combos[c, 5] * dt
+            py = combos[c, 3] + combos[c, 6] * dl + combos[c, 7] * dt
+            bx = max(pbox[p, 0] - px, 0.0, px - pbox[p, 2])
+            by = max(pbox[p, 1] - py, 0.0, py - pbox[p, 3])
+            if bx * bx + by * by > limit * limit:
+                continue
+            if is_point[p]:
+                q = coord_start[ring_start[p]]
+                d = np.hypot(px - xs[q], py - ys[q])
+            else:
+                in_rings, d2 = rings_scan(px, py, p, ring_start, coord_start, xs, ys)
+                d = 0.0 if in_rings else np.sqrt(d2)
+            if d <= limit:
+                out_point[m] = i
+                out_zone[m] = z
+                m += 1
+    return out_point[:m], out_zone[:m], todo
 
 
 # --- building ----------------------------------------------------------------------------------
@@ -668,9 +786,10 @@ def _classify(
     reachable = np.isfinite(near_acc)
     _assign(near_zone, cell_of_pair, pz, acc_needed == near_acc[cell_of_pair], reachable)
 
-    # Lists, for CLEAR and MIXED cells: pieces within LIST_M. Valid up to the clearance of the
-    # pieces left out; never for cells with temporary zones (time is the exact index's job).
-    listed = (clear_pair < LIST_M) & np.isin(state, (STATE_CLEAR, STATE_MIXED))[cell_of_pair]
+    # Lists: pieces within LIST_M. Valid up to the clearance of the pieces left out; never for
+    # cells with temporary zones (time is the exact index's job). CLEAR and MIXED cells settle
+    # decisions from them; every cell settles presence from them (`grid_presence`).
+    listed = clear_pair < LIST_M
     valid = np.minimum(base_clearance, LIST_M)
     np.minimum.at(valid, cell_of_pair[~listed], clear_pair[~listed])
     valid[timed] = -1.0

@@ -76,6 +76,13 @@ class LocationIndex(Protocol):
         """(kind, zone) of one point at any time, or None when that takes the full path."""
         ...
 
+    def presence_one(
+        self, lon: float, lat: float, accuracy_m: float, center_only: bool = False
+    ) -> npt.NDArray[np.int64] | None:
+        """The zones one point is present in at any time, or None when that takes the full
+        path."""
+        ...
+
 
 class ExactIndex:
     """STRtree candidates and exact distances in tile frames. The reference implementation."""
@@ -202,6 +209,12 @@ class ExactIndex:
 
     def locate_one(self, lon: float, lat: float, accuracy_m: float) -> tuple[int, int] | None:
         """None: the exact index answers through `locate`, which knows the request's time."""
+        return None
+
+    def presence_one(
+        self, lon: float, lat: float, accuracy_m: float, center_only: bool = False
+    ) -> npt.NDArray[np.int64] | None:
+        """None: as locate_one."""
         return None
 
     def locate(

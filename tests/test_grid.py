@@ -14,7 +14,7 @@ from conftest import BUNDLED_ZONES
 
 from geofence.categories import Category
 from geofence.geodesy import FRAME_SLACK_M, FRAME_STRETCH
-from geofence.grid import GridIndex, grid_kernel
+from geofence.grid import LIST_M, GridIndex, grid_kernel
 from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
 from geofence.policy import load_policy_text
 from geofence.zones import Zone
@@ -152,6 +152,48 @@ def test_one_point_path_equals_the_batch_path(bundled: ZoneSet) -> None:
         else:
             assert not todo[i] and one == (int(kind[i]), int(zone[i])), i
     assert 0 < deferred < n and (kind != KIND_CLEAR).sum() > n // 4
+
+
+@pytest.mark.parametrize("center_only", [False, True])
+def test_grid_presence_equals_exact_presence(bundled: ZoneSet, center_only: bool) -> None:
+    """Presence pairs from the cells' lists: every exact pair, and extra ones only within the
+    affine map's error (centimetres) of the presence limit; nearly no point goes exact."""
+    rng = np.random.default_rng(11)
+    lon, lat, acc = band_points(bundled, rng, per_zone=40)
+    n = len(lon)
+    at = np.zeros(n)
+    grid, exact = bundled.index, bundled.exact
+    assert isinstance(grid, GridIndex)
+    calls: list[int] = []
+    original = exact.locate
+
+    def counting(lo: npt.NDArray[np.float64], *a: object, **k: object):  # type: ignore[no-untyped-def]
+        calls.append(len(lo))
+        return original(lo, *a, **k)  # type: ignore[arg-type]
+
+    need = np.ones(n, dtype=bool)
+    try:
+        exact.locate = counting  # type: ignore[method-assign]
+        fast = grid.locate(lon, lat, acc, at, center_only, need_presence=need)
+    finally:
+        del exact.locate  # type: ignore[method-assign]
+    ref = exact.locate(lon, lat, acc, at, center_only)
+    got = set(zip(fast.present_point.tolist(), fast.present_zone.tolist(), strict=True))
+    want = set(zip(ref.present_point.tolist(), ref.present_zone.tolist(), strict=True))
+    assert want and want <= got, sorted(want - got)[:5]
+    extra = sorted(got - want)
+    if extra:
+        pts = np.array([p for p, _ in extra])
+        zs = np.array([z for _, z in extra])
+        parts = np.array([np.flatnonzero(exact.part_zone == z)[0] for z in zs])
+        d = exact.distances(lon, lat, pts, parts)
+        r = exact.radius_m[zs]
+        limit = r if center_only else r + acc[pts]
+        assert np.all(d <= limit * FRAME_STRETCH + 0.1), "presence recorded beyond 10 cm"
+    assert len(fast.present_point) == len(got)  # one pair per (point, zone)
+    # Lists hold the pieces within LIST_M: a larger circle needs the exact index.
+    large = int(np.sum(acc > LIST_M))
+    assert sum(calls) <= large + 0.01 * n, f"{sum(calls)} of {n} points needed the exact index"
 
 
 def test_most_points_never_reach_the_exact_index(

@@ -788,10 +788,16 @@ def _classify(
 
     # Lists: pieces within LIST_M. Valid up to the clearance of the pieces left out; never for
     # cells with temporary zones (time is the exact index's job). CLEAR and MIXED cells settle
-    # decisions from them; every cell settles presence from them (`grid_presence`).
-    listed = clear_pair < LIST_M
+    # decisions from them, so they list by the clearance from each piece's reach. A NEAR or
+    # INSIDE cell is decided by its state and uses its list for presence only (`grid_presence`:
+    # a circle present in a zone reaches its area), so it lists by the clearance from the zone's
+    # area, which leaves out most pieces whose buffer merely covers it.
+    from_area = (lo - FRAME_SLACK_M - EPS_M) / FRAME_STRETCH - r
+    by_state = np.isin(state, (STATE_NEAR, STATE_INSIDE))[cell_of_pair]
+    list_clear = np.where(by_state, from_area, clear_pair)
+    listed = list_clear < LIST_M
     valid = np.minimum(base_clearance, LIST_M)
-    np.minimum.at(valid, cell_of_pair[~listed], clear_pair[~listed])
+    np.minimum.at(valid, cell_of_pair[~listed], list_clear[~listed])
     valid[timed] = -1.0
     order = np.flatnonzero(listed)[np.argsort(cell_of_pair[listed], kind="stable")]
     list_start = np.searchsorted(cell_of_pair[order], np.arange(n_cells + 1)).astype(np.int64)

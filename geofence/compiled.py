@@ -63,8 +63,9 @@ from geofence.zones import MAX_VERTICES_PER_ZONE, MAX_ZONES, Zone
 from geofence.zoneset import ZoneSet
 
 FORMAT = "geofence-zoneset"
-# 1: JSON zones, index rebuilt on load. 2: the built index stored as .npy arrays.
-FORMAT_VERSION = 2
+# 1: JSON zones, index rebuilt on load. 2: the built index stored as .npy arrays. 3: the sub
+# level's list entries name the fine level's frames (it stores none).
+FORMAT_VERSION = 3
 # Refused before anything is read or parsed. The sizes are the ones the ZIP declares; zipfile
 # stops at a declared size (and fails the CRC) however much a member would inflate to.
 MAX_FILE_BYTES = 8 << 30  # the .gfz file itself (a 1M-zone set is a few GB of tables)
@@ -642,12 +643,16 @@ _LEVEL_FAULTS = {
 
 
 def _check_level(arrays: Mapping[str, A], prefix: str, n_cells: int, n_zones: int,
-                 n_parts: int, max_state: int) -> None:  # fmt: skip
-    """A level's cells, lists and frames: lengths agree and every index is in range."""
+                 n_parts: int, max_state: int, n_combos: int) -> None:  # fmt: skip
+    """A level's cells, lists and frames: lengths agree and every index is in range.
+
+    n_combos: how many frames the level's entries may name (the sub level names the fine
+    level's).
+    """
     ints, floats = arrays[f"{prefix}.ints"], arrays[f"{prefix}.floats"]
     entries, combos = arrays[f"{prefix}.entries"], arrays[f"{prefix}.combos"]
     _length(arrays, (f"{prefix}.ints", f"{prefix}.floats"), n_cells, f"{prefix} cell")
-    fault = level_fault(ints, floats, entries, len(combos), n_zones, n_parts, max_state,
+    fault = level_fault(ints, floats, entries, n_combos, n_zones, n_parts, max_state,
                         STATE_NEAR, STATE_INSIDE)  # fmt: skip
     if fault:
         raise _bad(f"{prefix}.ints.npy, .floats.npy or .entries.npy", _LEVEL_FAULTS[fault])
@@ -706,10 +711,13 @@ def _check_arrays(arrays: Mapping[str, A], n_zones: int) -> None:
 
     fine_keys = arrays["fine.keys"]
     _ascending(fine_keys, "fine.keys", FINE_ROWS * FINE_COLS)
-    _check_level(arrays, "fine", len(fine_keys), n_zones, n_parts, STATE_SUB)
+    n_frames = len(arrays["fine.combos"])
+    _check_level(arrays, "fine", len(fine_keys), n_zones, n_parts, STATE_SUB, n_frames)
     n_split = int(np.count_nonzero(arrays["fine.ints"][:, 0] == STATE_SUB))
     # Every split fine cell has all SUB x SUB subcells (the kernel finds them unchecked).
-    _check_level(arrays, "sub", n_split * SUB * SUB, n_zones, n_parts, STATE_INSIDE)
+    _check_level(arrays, "sub", n_split * SUB * SUB, n_zones, n_parts, STATE_INSIDE, n_frames)
+    if len(arrays["sub.combos"]):
+        raise _bad("sub.combos.npy", "holds frames: the sub level uses the fine level's")
 
 
 def _geometries(wkb: A, start: A, radius_m: A) -> npt.NDArray[np.object_]:

@@ -86,7 +86,9 @@ class Level:
     - list begin/end: cell c lists entries begin[c]:end[c]; list_valid: the list settles a point
       whose accuracy is at most this.
     - combos: lon/lat of the cell centre, its frame position, the affine map's Jacobian (dx/dlon,
-      dx/dlat, dy/dlon, dy/dlat), and that map's measured error bound (metres).
+      dx/dlat, dy/dlon, dy/dlat), and that map's measured error bound (metres). The fine level
+      holds one per (fine cell, tile); the sub level holds none, and its entries name the fine
+      level's combos (a subcell's map is its parent's).
     """
 
     table: HashTable
@@ -417,7 +419,7 @@ def _grid_kernel(
                 out_zone[i] = s_ints[slot, 2]
                 continue
             kind, zone, settled = _settle(
-                x, y, a, slot, s_ints, s_floats, s_entries, s_combos,
+                x, y, a, slot, s_ints, s_floats, s_entries, f_combos,
                 part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, pbox,
             )  # fmt: skip
         else:
@@ -543,7 +545,7 @@ def grid_presence(
                 np.int64(np.floor((x + 180.0) * SUB_PER_DEG)) % SUB_COLS, col * SUB, SUB
             )
             slot = find(s_keys, s_slots, s_mask, srow * SUB_COLS + scol)
-            ints, floats, entries, combos = s_ints, s_floats, s_entries, s_combos
+            ints, floats, entries = s_ints, s_floats, s_entries  # frames: the parent's
         if slot < 0 or not a <= floats[slot, 2]:
             todo[j] = True
             continue
@@ -801,7 +803,15 @@ def _classify(
     valid[timed] = -1.0
     order = np.flatnonzero(listed)[np.argsort(cell_of_pair[listed], kind="stable")]
     list_start = np.searchsorted(cell_of_pair[order], np.arange(n_cells + 1)).astype(np.int64)
-    used, entry_combo = np.unique(pair_combo[order], return_inverse=True)
+    if parent is None:
+        # The fine level keeps every (cell, tile) frame: its subcells' lists use them too.
+        keep = np.arange(len(combo))
+        entry_combo = pair_combo[order]
+    else:
+        # A subcell's affine map is its parent's (the same Jacobian and error bound, only
+        # re-centred), so its list entries name the parent level's frames and it stores none.
+        keep = np.empty(0, dtype=np.int64)
+        entry_combo = up[pair_combo[order]]
     level = Level.build(
         table=HashTable(keys),
         state=state,
@@ -813,12 +823,12 @@ def _classify(
         list_valid=valid,
         entry_part=pair_part[order].astype(np.int64),
         entry_combo=entry_combo.astype(np.int64),
-        clon=frame.clon[used],
-        clat=frame.clat[used],
-        cx=frame.cx[used],
-        cy=frame.cy[used],
-        jac=np.ascontiguousarray(frame.jac[used]),
-        err=frame.err[used],
+        clon=frame.clon[keep],
+        clat=frame.clat[keep],
+        cx=frame.cx[keep],
+        cy=frame.cy[keep],
+        jac=np.ascontiguousarray(frame.jac[keep]),
+        err=frame.err[keep],
     )
     return level, clear_pair, (combo, frame)
 

@@ -188,5 +188,5 @@ def test_the_file_is_arrays_and_json_only(saved: Path) -> None:
         assert names == compiled.MEMBERS | {compiled.MANIFEST}
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
         manifest = json.loads(zf.read(compiled.MANIFEST))
-    assert manifest["format_version"] == compiled.FORMAT_VERSION == 2
+    assert manifest["format_version"] == compiled.FORMAT_VERSION == 3
     assert set(manifest["members"]) == compiled.MEMBERS

@@ -548,6 +548,20 @@ def _array_cases(members: Members) -> list[tuple[str, dict[str, Any], str]]:
             "strictly increasing",
         ),
         (
+            "sub frames present",
+            {"sub__combos": np.zeros((1, 9))},
+            "the sub level uses the fine level's",
+        ),
+        (
+            "sub entry frame past the fine level's",
+            {
+                "sub__entries": _with_column(
+                    members, "sub.entries", 1, 0, len(array(members, "fine.combos"))
+                )
+            },
+            "frame index is out of range",
+        ),
+        (
             "nan frame",
             {"fine__combos": _with_column(members, "fine.combos", 2, 0, np.nan)},
             "not finite",
@@ -565,7 +579,8 @@ _CASE_NAMES = [
     "entry part out of range", "entry frame out of range", "zone out of range",
     "state out of range", "list past the entries", "non-monotone offsets",
     "wkb offsets past the blob", "a split cell without subcells", "keys out of order",
-    "nan frame", "negative radius", "infinite buffer", "category", "tile",
+    "sub frames present", "sub entry frame past the fine level's", "nan frame",
+    "negative radius", "infinite buffer", "category", "tile",
 ]  # fmt: skip
 
 

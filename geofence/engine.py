@@ -200,17 +200,21 @@ class Engine:
             if when_or_none is None or not earliest <= when_or_none <= latest:
                 return None  # the batch path rejects it
             when = when_or_none
+        raw_id = b""
         if device_id is None:
             if rules.no_device_id == "reject":
                 return None
-        elif type(device_id) is not str or not _valid_device_id(device_id):
-            return None  # blank (no id) or malformed: the batch path decides
+        else:
+            raw = _device_bytes(device_id) if type(device_id) is str else None
+            if raw is None:
+                return None  # blank (no id) or malformed: the batch path decides
+            raw_id = raw
         found = zs.index.locate_one(float(lon), float(lat), acc)
         if found is None:
             return None  # the exact index's case: the batch path, which knows the time
         kind, z = found
         if kind != KIND_CLEAR:
-            if device_id is not None and not self._record_one(zs, lon, lat, acc, device_id, when):
+            if device_id is not None and not self._record_one(zs, lon, lat, acc, raw_id, when):
                 return None  # presence only the exact index can tell: the batch path
             reason = Reason.INSIDE_ZONE if kind == KIND_INSIDE else Reason.NEAR_ZONE
             # Already a rejection: the device's history cannot change it, so it is not read.
@@ -220,8 +224,9 @@ class Engine:
         if device_id is not None:
             # Clear of every zone by more than the accuracy: no presence to record, only history.
             try:
-                self._flush_pending()
-                history = self._store.latest(self._hasher.key(device_id))
+                if self._pending:
+                    self._flush_pending()
+                history = self._store.latest(self._hasher.key_of_bytes(raw_id))
             except PresenceUnavailable:
                 self._warn("presence store unavailable: failing closed")
                 return Decision(False, Reason.STATE_UNAVAILABLE, zs.version)
@@ -239,7 +244,7 @@ class Engine:
         return _ALLOWED.get(zs.version) or _allowed(zs.version)
 
     def _record_one(
-        self, zs: ZoneSet, lon: float, lat: float, acc: float, device_id: str, when: float
+        self, zs: ZoneSet, lon: float, lat: float, acc: float, raw_id: bytes, when: float
     ) -> bool:
         """Record one request's presence as the batch path would; False if the grid can't tell."""
         present = zs.index.presence_one(
@@ -250,7 +255,7 @@ class Engine:
         if present.size:
             m = len(present)
             self._write_presence(
-                [self._hasher.key(device_id)] * m,
+                [self._hasher.key_of_bytes(raw_id)] * m,
                 zs.category[present],
                 np.array([when] * m),
                 np.array([when + _max_lookback_s(zs)] * m),
@@ -1112,12 +1117,17 @@ def _device_ids(device_ids: Any, n: int) -> tuple[list[str | None], npt.NDArray[
 def _valid_device_id(value: Any) -> bool:
     """Whether `value` is a usable device id: non-blank text of at most MAX_DEVICE_ID
     characters that is valid UTF-8 (it is hashed as such)."""
-    return (
-        isinstance(value, str)
-        and bool(value.strip())
-        and len(value) <= MAX_DEVICE_ID
-        and _encodable(value)
-    )
+    return isinstance(value, str) and _device_bytes(value) is not None
+
+
+def _device_bytes(value: str) -> bytes | None:
+    """A device id's UTF-8 bytes, what is hashed, or None if it is not a usable id."""
+    if len(value) > MAX_DEVICE_ID or not value or value.isspace():
+        return None
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
 
 
 def _device_id(value: Any) -> tuple[str | None, bool]:

@@ -42,8 +42,12 @@ class DeviceHasher:
 
     def key(self, device_id: str) -> bytes:
         """The 32-byte keyed hash of one device id."""
+        return self.key_of_bytes(device_id.encode("utf-8"))
+
+    def key_of_bytes(self, device_id: bytes) -> bytes:
+        """`key` of a device id already encoded as UTF-8 (a caller that checked it has it)."""
         inner = self._inner.copy()
-        inner.update(device_id.encode("utf-8"))
+        inner.update(device_id)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()

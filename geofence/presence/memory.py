@@ -7,6 +7,7 @@ when the process ends and is not shared between processes.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import threading
 import time
@@ -125,11 +126,11 @@ class MemoryStore(PresenceStore):
         """{position: {category code: latest time}} for the keys with unexpired records."""
         now = time.time()
         with self._lock:
-            # One C-level pass finds the few stored devices; only they cost Python work.
-            found = [(i, r) for i, r in enumerate(map(self._data.get, keys)) if r is not None]
+            # C-level passes find the few stored devices; only they cost Python work.
+            data = self._data
             out = {}
-            for i, records in found:
-                history = {c: t for c, (t, e) in records.items() if e > now}
+            for i in itertools.compress(range(len(keys)), map(data.__contains__, keys)):
+                history = {c: t for c, (t, e) in data[keys[i]].items() if e > now}
                 if history:
                     out[i] = history
             return out

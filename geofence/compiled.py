@@ -53,7 +53,6 @@ from geofence.grid import (
     SUB,
     GridIndex,
     Level,
-    child_keys_of,
 )
 from geofence.index import INTERIOR, ExactIndex
 from geofence.kernels import FlatParts, HashTable, level_fault
@@ -791,25 +790,21 @@ def _pieces(wkb: A, start: A) -> npt.NDArray[np.object_]:
     return geoms
 
 
-def _tables(fine_keys: A, fine_ints: A, coarse_keys: A) -> tuple[HashTable, HashTable, HashTable]:
-    """The fine, sub and coarse hash tables: fine keys as stored, subcells of the split cells.
+def _tables(fine_keys: A, coarse_keys: A) -> tuple[HashTable, HashTable, HashTable]:
+    """The fine and coarse hash tables from their stored keys; the sub level has none (its
+    cells are found by position under their parent, see grid._sub_base).
 
     Filling a table from any int64 keys stays inside the table, so this may run before the
     keys are checked; the tables are used only after.
     """
-    split = fine_keys[fine_ints[:, 0] == STATE_SUB]
-    return (
-        HashTable(fine_keys),
-        HashTable(child_keys_of(split).ravel()),
-        HashTable(coarse_keys),
-    )
+    return HashTable(fine_keys), HashTable(np.empty(0, dtype=np.int64)), HashTable(coarse_keys)
 
 
 # Slow steps of loading, started as soon as the members they read are in (see _read_members).
 _JOBS: dict[str, tuple[tuple[str, ...], Any]] = {
     "geometries": (("zone.wkb", "zone.wkb_start", "zone.radius_m"), _geometries),
     "pieces": (("part.wkb", "part.wkb_start"), _pieces),
-    "tables": (("fine.keys", "fine.ints", "coarse.keys"), _tables),
+    "tables": (("fine.keys", "coarse.keys"), _tables),
 }
 
 

@@ -177,7 +177,8 @@ class GridIndex:
             self.forced,
             np.array([self.far_clearance]),
             *self.fine.packed(),
-            *self.sub.packed(),
+            _sub_base(self.fine.state),
+            *self.sub.packed()[1:],
             self.coarse.pair,
             self.coarse_clearance,
             exact.part_zone,
@@ -342,6 +343,12 @@ def _settle(
 
 
 @numba.njit(cache=True, inline="always")
+def _subcell(block: np.int64, row: np.int64, col: np.int64) -> np.int64:
+    """A subcell's slot: split cell `block`'s SUB x SUB subcells are stored row by row."""
+    return block * (SUB * SUB) + row * SUB + col
+
+
+@numba.njit(cache=True, inline="always")
 def _clamp(value: int, low: int, count: int) -> int:
     """value clamped to [low, low + count - 1]."""
     if value < low:
@@ -354,19 +361,17 @@ def _clamp(value: int, low: int, count: int) -> int:
 def _grid_kernel(
     lon: F64, lat: F64, acc: F64, forced: F64, far: F64,
     f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
-    s_table: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    sub_base: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
     pbox: F64, out_kind: I8, out_zone: I32, out_todo: B,
 ) -> None:  # fmt: skip
     """Decide each point from the tables, or flag it for the exact index."""
     f_mask = np.int64(f_table.shape[1] - 1)
-    s_mask = np.int64(s_table.shape[1] - 1)
     c_mask = np.int64(c_table.shape[1] - 1)
     # Views taken once: numba reference-counts every view it makes, which inside the loop cost
     # more than the table lookups.
     f_keys, f_slots = f_table[0], f_table[1]
-    s_keys, s_slots = s_table[0], s_table[1]
     c_keys, c_slots = c_table[0], c_table[1]
     xs, ys = xy[0], xy[1]
     far_clearance = far[0]
@@ -406,7 +411,7 @@ def _grid_kernel(
             scol = _clamp(
                 np.int64(np.floor((x + 180.0) * SUB_PER_DEG)) % SUB_COLS, col * SUB, SUB
             )
-            slot = find(s_keys, s_slots, s_mask, srow * SUB_COLS + scol)
+            slot = _subcell(sub_base[slot], srow - row * SUB, scol - col * SUB)
             state = s_ints[slot, 0]
             if state in (STATE_INSIDE, STATE_NEAR):
                 out_kind[i] = KIND_INSIDE if state == STATE_INSIDE else KIND_NEAR
@@ -459,7 +464,7 @@ _POINT_ZERO = np.zeros(1, dtype=np.int64)  # presence_one's one point (read only
 def grid_one(
     lon: float, lat: float, acc: float, forced: F64, far: F64,
     f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
-    s_table: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    sub_base: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
     pbox: F64,
@@ -472,7 +477,7 @@ def grid_one(
     grid_kernel_gil(
         x, y, a, forced, far,
         f_table, f_ints, f_floats, f_entries, f_combos,
-        s_table, s_ints, s_floats, s_entries, s_combos,
+        sub_base, s_ints, s_floats, s_entries, s_combos,
         c_table, c_clear, part_zone, zone_m, is_point, ring_start, coord_start, xy, pbox,
         kind, zone, todo,
     )  # fmt: skip
@@ -501,7 +506,7 @@ def _pair_distances(
 def grid_presence(
     lon: F64, lat: F64, acc: F64, points: I64, center_only: bool, forced: F64, far: F64,
     f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
-    s_table: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    sub_base: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
     pbox: F64,
@@ -521,9 +526,7 @@ def grid_presence(
     out_zone = np.empty(cap, dtype=np.int64)
     m = 0
     f_keys, f_slots = f_table[0], f_table[1]
-    s_keys, s_slots = s_table[0], s_table[1]
     f_mask = np.int64(f_table.shape[1] - 1)
-    s_mask = np.int64(s_table.shape[1] - 1)
     xs, ys = xy[0], xy[1]
     for j in range(n):
         i = points[j]
@@ -544,7 +547,7 @@ def grid_presence(
             scol = _clamp(
                 np.int64(np.floor((x + 180.0) * SUB_PER_DEG)) % SUB_COLS, col * SUB, SUB
             )
-            slot = find(s_keys, s_slots, s_mask, srow * SUB_COLS + scol)
+            slot = _subcell(sub_base[slot], srow - row * SUB, scol - col * SUB)
             ints, floats, entries = s_ints, s_floats, s_entries  # frames: the parent's
         if slot < 0 or not a <= floats[slot, 2]:
             todo[j] = True
@@ -813,7 +816,8 @@ def _classify(
         keep = np.empty(0, dtype=np.int64)
         entry_combo = up[pair_combo[order]]
     level = Level.build(
-        table=HashTable(keys),
+        # Subcells are found by position under their parent, not by key (see _pack).
+        table=HashTable(keys if parent is None else np.empty(0, dtype=np.int64)),
         state=state,
         zone=zone,
         clearance=np.where(state == STATE_CLEAR, clearance, -1.0),
@@ -969,3 +973,9 @@ def _piece_boxes(flat: FlatParts) -> F64:
             ]
         )
     )
+
+
+def _sub_base(fine_state: npt.NDArray[np.int64]) -> I64:
+    """Per fine cell, its block of subcells: the split cells' subcells are stored in the fine
+    cells' order (`child_keys_of`), so the j-th split cell's are slots 64 j to 64 j + 63."""
+    return np.ascontiguousarray(np.cumsum(fine_state == STATE_SUB) - 1, dtype=np.int64)

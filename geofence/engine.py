@@ -746,7 +746,10 @@ class Engine:
             imprecise |= is_ip
         else:
             acc = np.where(is_ip, np.fmax(acc, rules.ip_accuracy_m), acc)
-        no_id = np.fromiter(map(operator.is_, ids, itertools.repeat(None)), dtype=bool, count=n)
+        if device_ids is None:
+            no_id = np.ones(n, dtype=bool)
+        else:
+            no_id = np.fromiter(map(operator.is_, ids, itertools.repeat(None)), bool, count=n)
         if rules.no_device_id == "reject":
             bad |= no_id
         imprecise &= ~bad
@@ -755,13 +758,16 @@ class Engine:
 
         ok = np.flatnonzero(~bad & ~imprecise)
         if ok.size:
+            # The common batch leaves nothing out: its arrays go to the index as they are.
+            every = ok.size == n
+            need = None if device_ids is None else ~no_id if every else ~no_id[ok]
             loc = zs.index.locate(
-                lon_a[ok],
-                lat_a[ok],
-                acc[ok],
-                at_a[ok],
+                lon_a if every else lon_a[ok],
+                lat_a if every else lat_a[ok],
+                acc if every else acc[ok],
+                at_a if every else at_a[ok],
                 presence_center_only=zs.policy.presence.rule == "center_inside",
-                need_presence=~no_id[ok],
+                need_presence=need,
             )
             hit = loc.kind != KIND_CLEAR
             hz = loc.zone[hit]
@@ -1071,9 +1077,13 @@ def _floats(values: Any, n: int, missing: float = np.nan) -> tuple[F64, npt.NDAr
 
 def _sources(source: Any, n: int) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.bool_]]:
     """Source codes: 0 gps, 1 ip, 2 user, 3 unknown (None counts as gps)."""
-    if source is None or isinstance(source, str):
-        values: Any = [source] * n
-    elif isinstance(source, np.ndarray | list | tuple) and len(source) == n:
+    if source is None:
+        return np.zeros(n, dtype=np.int8), np.zeros(n, dtype=bool)
+    if isinstance(source, str):  # one source for the whole batch: decided once
+        if source in SOURCES:
+            return np.full(n, SOURCES.index(source), dtype=np.int8), np.zeros(n, dtype=bool)
+        return np.zeros(n, dtype=np.int8), np.ones(n, dtype=bool)
+    if isinstance(source, np.ndarray | list | tuple) and len(source) == n:
         values = list(source)
     else:
         return np.zeros(n, dtype=np.int8), np.ones(n, dtype=bool)

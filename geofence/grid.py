@@ -11,10 +11,13 @@ fine cell near a zone is classified, in true metres and conservatively:
 - CLEAR c: every zone is farther than its reach plus c from the cell, so a point whose
   accuracy is at most c is allowed.
 - MIXED: anything else. A mixed fine cell is split into 8 x 8 subcells (about 27 m), which are
-  classified the same way.
+  classified the same way. Fine cells are found through a hash table of their keys; a split
+  cell's subcells are stored together, and found by their position under it.
 
 A CLEAR or MIXED cell also keeps a short list of the zone pieces that could matter to it. A
-point the state cannot settle is measured against that list by a compiled loop. The loop uses
+point the state cannot settle is measured against that list by a compiled loop. NEAR and
+INSIDE cells list the pieces whose area is near, from which `grid_presence` tells which zones a
+device's circle is present in. The loop uses
 the same tile frames, tolerances and ranking as `ExactIndex`, and maps lon/lat into the frame
 affinely around the cell centre, adding the measured error of that map to its tolerance. Fine
 cells that are not stored are at least FAR_M beyond every zone's reach. A coarse table of
@@ -71,7 +74,7 @@ B = npt.NDArray[np.bool_]
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Level:
-    """One level of cells: hash table, and per cell state and candidate lists (CSR), packed.
+    """One level of cells: hash table (empty for subcells), per cell state and lists (CSR).
 
     The arrays are stored once, in the shape the kernel takes them (so a built or loaded level is
     never held twice): per cell `ints` (state, zone, near_zone, list begin, list end) and

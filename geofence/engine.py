@@ -230,17 +230,9 @@ class Engine:
             except PresenceUnavailable:
                 self._warn("presence store unavailable: failing closed")
                 return Decision(False, Reason.STATE_UNAVAILABLE, zs.version)
-            if not history:  # most devices: no history, nothing to compute
-                return _ALLOWED.get(zs.version) or _allowed(zs.version)
-            end, cat = _block_end(history, zs.lookback_s)
-            if when < end:
-                return Decision(
-                    False,
-                    Reason.RECENTLY_INSIDE,
-                    zs.version,
-                    category=Category.from_code(cat),
-                    until=end,
-                )
+            blocked = _recently_inside(zs, history, when)
+            if blocked is not None:
+                return blocked
         return _ALLOWED.get(zs.version) or _allowed(zs.version)
 
     def _record_one(
@@ -253,13 +245,7 @@ class Engine:
         if present is None:
             return False
         if present.size:
-            m = len(present)
-            self._write_presence(
-                [self._hasher.key_of_bytes(raw_id)] * m,
-                zs.category[present],
-                np.array([when] * m),
-                np.array([when + _max_lookback_s(zs)] * m),
-            )
+            self._record_key(zs, self._hasher.key_of_bytes(raw_id), present, when)
         return True
 
     def observe(
@@ -539,27 +525,26 @@ class Engine:
             return Decision(
                 False, Reason.STATE_UNAVAILABLE, zs.version, detail="presence store unavailable"
             )
-        end, cat = _block_end(history, zs.lookback_s)
-        if at < end:
-            return Decision(
-                False,
-                Reason.RECENTLY_INSIDE,
-                zs.version,
-                category=Category.from_code(cat),
-                until=end,
-            )
-        return Decision(True, Reason.ALLOWED, zs.version)
+        blocked = _recently_inside(zs, history, at)
+        return Decision(True, Reason.ALLOWED, zs.version) if blocked is None else blocked
 
     def _record(self, zs: ZoneSet, device_id: str | None, zones: list[int], at: float) -> None:
         """Record presence of one device in the given zones (best effort; logged on failure)."""
         if not device_id or not zones:
             return
-        cats = zs.category[np.asarray(zones)].astype(np.uint8)
+        self._record_key(zs, self._hasher.key(device_id), np.asarray(zones), at)
+
+    def _record_key(
+        self, zs: ZoneSet, key: bytes, zones: npt.NDArray[np.integer], at: float
+    ) -> None:
+        """Record one hashed device inside each of `zones` at `at`, kept for the longest
+        lookback (as the batch path keeps its records)."""
+        m = len(zones)
         self._write_presence(
-            [self._hasher.key(device_id)] * len(zones),
-            cats,
-            np.full(len(zones), at),
-            np.full(len(zones), at + zs.policy.max_lookback_s),
+            [key] * m,
+            zs.category[zones],
+            np.array([at] * m),
+            np.array([at + _max_lookback_s(zs)] * m),
         )
 
     def _audit_one(self, decision: Decision, device_id: Any, at: Any) -> None:
@@ -982,6 +967,18 @@ def _audit_key(hasher: DeviceHasher, device_id: Any) -> bytes | None:
     """The presence key of a usable device id, for the audit log; None otherwise."""
     # str(): a NumPy str_ element (from an array of ids) is keyed as the decision path keys it.
     return hasher.key(str(device_id)) if _valid_device_id(device_id) else None
+
+
+def _recently_inside(zs: ZoneSet, history: dict[int, float], at: float) -> Decision | None:
+    """The recently_inside rejection a device's history gives at `at`, or None."""
+    if not history:  # most devices: nothing to compute
+        return None
+    end, cat = _block_end(history, zs.lookback_s)
+    if at < end:
+        return Decision(
+            False, Reason.RECENTLY_INSIDE, zs.version, category=Category.from_code(cat), until=end
+        )
+    return None
 
 
 def _block_end(history: dict[int, float], lookback_s: F64) -> tuple[float, int]:

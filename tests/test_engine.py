@@ -221,6 +221,28 @@ def test_check_many_flags_bad_elements_and_shapes(engine: Engine) -> None:
     assert engine.check_many([], []).allowed.shape == (0,)
 
 
+def test_batch_wide_source_and_device_ids_are_checked_per_batch_and_element() -> None:
+    """One source for a whole batch and an all-text id column take shortcuts in check_many: a
+    bad source still rejects every element, and one malformed id only its own element."""
+    e = small_engine()
+    lat, lon = np.full(3, 10.0), np.full(3, 10.0)  # far from the test zones: allowed
+    assert e.check_many(lat, lon, 5.0, source="gps").reasons() == [Reason.ALLOWED] * 3
+    assert e.check_many(lat, lon, 5.0, source="wifi").reasons() == [Reason.INVALID_REQUEST] * 3
+    ip = e.check_many(lat, lon, 5.0, source="ip")  # IP fixes are rejected by default
+    assert ip.reasons() == [Reason.IMPRECISE_LOCATION] * 3
+    good = ["ifa-1", "ifa-2", "ifa-3"]
+    assert e.check_many(lat, lon, 5.0, good).reasons() == [Reason.ALLOWED] * 3
+    for bad in ("ifa-\ud800", "x" * 257, 12345):
+        ids = np.array(["ifa-1", bad, "ifa-3"], dtype=object)
+        assert e.check_many(lat, lon, 5.0, ids).reasons() == [
+            Reason.ALLOWED,
+            Reason.INVALID_REQUEST,
+            Reason.ALLOWED,
+        ], bad
+    blank = e.check_many(lat, lon, 5.0, ["ifa-1", "   ", "ifa-3"])  # blank: no id, not bad
+    assert blank.reasons() == [Reason.ALLOWED] * 3
+
+
 def test_masked_entries_are_missing_not_their_data() -> None:
     """A masked lat or lon is invalid_request and a masked accuracy or time is a missing one,
     whatever data lies under the mask (here values that would be allowed if read)."""

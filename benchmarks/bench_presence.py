@@ -41,7 +41,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere without installin
     sys.path.insert(0, str(REPO))
 
 from geofence.engine import Engine  # noqa: E402
-from geofence.presence.base import DeviceHasher, PresenceStore  # noqa: E402
+from geofence.presence.base import PresenceStore  # noqa: E402
+from geofence.presence.keyhash import DeviceHasher  # noqa: E402
 from geofence.presence.url import open_store  # noqa: E402
 from geofence.reasons import Reason  # noqa: E402
 from geofence.zoneset import ZoneSet  # noqa: E402

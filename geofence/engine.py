@@ -30,7 +30,8 @@ from geofence.decision import NO_CATEGORY, BatchDecision, Decision
 from geofence.errors import PresenceUnavailable
 from geofence.index import KIND_CLEAR, KIND_INSIDE
 from geofence.openrtb import InvalidBidRequest, parse_bid_request
-from geofence.presence.base import DeviceHasher, PresenceStore
+from geofence.presence.base import PresenceStore
+from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import MemoryStore
 from geofence.presence.url import open_store, secret_bytes
 from geofence.reasons import Reason

@@ -25,7 +25,7 @@ from geofence import Category, Engine, Reason
 from geofence.audit import AuditLog
 from geofence.decision import Decision
 from geofence.policy import load_policy_text
-from geofence.presence.base import DeviceHasher
+from geofence.presence.keyhash import DeviceHasher
 from geofence.zones import Zone
 from geofence.zoneset import ZoneSet
 

@@ -1,9 +1,7 @@
-"""The PresenceStore contract, checked on every backend, and the DeviceHasher."""
+"""The PresenceStore contract, checked on every backend."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 import random
 import threading
@@ -13,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from geofence.presence import DeviceHasher, MemoryStore, PresenceStore, SQLiteStore
 
@@ -141,30 +137,6 @@ def test_concurrent_use_equals_sequential(store: PresenceStore, hasher: DeviceHa
         for k, c, t, _ in b:
             expected[k][c] = max(t, expected[k].get(c, t))
     assert store.latest_many(keys) == [expected[k] for k in keys]
-
-
-def test_hasher_is_keyed_and_stable() -> None:
-    h1, h2 = DeviceHasher(SECRET), DeviceHasher(SECRET)
-    other = DeviceHasher(b"another-secret-of-16+bytes")
-    assert h1.key("ifa-SECRET-123") == h2.key("ifa-SECRET-123")
-    assert h1.key("ifa-SECRET-123") != other.key("ifa-SECRET-123")
-    assert len(h1.key("x")) == 32
-    assert h1.keys(["a", "b"]) == [h1.key("a"), h1.key("b")]
-    with pytest.raises(ValueError, match="16 bytes"):
-        DeviceHasher(b"short")
-
-
-@settings(max_examples=300, deadline=None)
-@given(secret=st.binary(min_size=16, max_size=200), device_ids=st.lists(st.text(max_size=300)))
-def test_hasher_matches_the_standard_hmac(secret: bytes, device_ids: list[str]) -> None:
-    """Keys from the precomputed pad states are byte for byte `hmac`'s, so stores stay readable.
-
-    Secrets longer than a SHA-256 block (64 bytes) are hashed first, as RFC 2104 says.
-    """
-    h = DeviceHasher(secret)
-    expected = [hmac.new(secret, d.encode("utf-8"), hashlib.sha256).digest() for d in device_ids]
-    assert h.keys(device_ids) == expected
-    assert [h.key(d) for d in device_ids] == expected
 
 
 @pytest.mark.parametrize(

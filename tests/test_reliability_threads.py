@@ -22,7 +22,7 @@ from conftest import FakeClock
 from geofence import Category, Engine
 from geofence.beacons import Beacon, BeaconRegistry
 from geofence.policy import load_policy_text
-from geofence.presence.base import DeviceHasher
+from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import MemoryStore
 from geofence.zones import Zone
 from geofence.zoneset import ZoneSet

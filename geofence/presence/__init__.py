@@ -7,7 +7,8 @@ lookback ends. Backends are chosen by URL: memory:// (default), sqlite:///path, 
 
 from __future__ import annotations
 
-from geofence.presence.base import DeviceHasher, PresenceStore
+from geofence.presence.base import PresenceStore
+from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import MemoryStore
 from geofence.presence.sqlite import SQLiteStore
 from geofence.presence.url import open_store

@@ -1,70 +1,13 @@
-"""The contract every presence backend keeps, and the keyed hash of device ids."""
+"""The contract every presence backend keeps."""
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-# RFC 2104's pads, as translation tables: key.translate(_IPAD) is K XOR ipad, byte by byte.
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-_BLOCK = 64  # SHA-256's block size, and so the HMAC key length
-
-
-class DeviceHasher:
-    """HMAC-SHA256 of a device id under a secret: the only form in which a device is stored.
-
-    The secret makes the hash useless to anyone who reads a store without it (a plain SHA-256 of
-    an advertising id is reversible by enumerating ids).
-
-    HMAC(K, m) = H(K^opad || H(K^ipad || m)). The SHA-256 states after the two padded-key blocks
-    are computed once; a key then copies each and absorbs the rest. That gives the bytes
-    `hmac.new(secret, m, sha256).digest()` gives, at about 0.5 us instead of 0.9 in CPython 3.11
-    (`hmac.HMAC.copy` wraps OpenSSL's context copy in Python-level bookkeeping). A numba SHA-256
-    batch was measured too and was no faster: without the CPU's SHA instructions a block costs
-    about 0.3 us, and two blocks are needed per id.
-    """
-
-    __slots__ = ("_inner", "_outer")
-
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) < 16:
-            raise ValueError("presence secret must be at least 16 bytes")
-        key = hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret
-        key = key.ljust(_BLOCK, b"\0")
-        self._inner = hashlib.sha256(key.translate(_IPAD))
-        self._outer = hashlib.sha256(key.translate(_OPAD))
-
-    def key(self, device_id: str) -> bytes:
-        """The 32-byte keyed hash of one device id."""
-        return self.key_of_bytes(device_id.encode("utf-8"))
-
-    def key_of_bytes(self, device_id: bytes) -> bytes:
-        """`key` of a device id already encoded as UTF-8 (a caller that checked it has it)."""
-        inner = self._inner.copy()
-        inner.update(device_id)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
-    def keys(self, device_ids: Sequence[str]) -> list[bytes]:
-        """`key` of each id, in order (the loop inlined: a call per id would cost 10%)."""
-        inner_copy = self._inner.copy
-        outer_copy = self._outer.copy
-        out: list[bytes] = []
-        append = out.append
-        for d in device_ids:
-            inner = inner_copy()
-            inner.update(d.encode("utf-8"))
-            outer = outer_copy()
-            outer.update(inner.digest())
-            append(outer.digest())
-        return out
 
 
 def record_lists(

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from geofence.errors import PresenceConfigError
-from geofence.presence.base import DeviceHasher, PresenceStore
+from geofence.presence.base import PresenceStore
+from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import DEFAULT_MAX_DEVICES, MemoryStore
 from geofence.presence.sqlite import SQLiteStore, path_from_url
 

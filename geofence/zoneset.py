@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from geofence.beacons import BeaconRegistry, load_beacon_registry
 from geofence.categories import Category
+from geofence.decision import Decision
 from geofence.errors import Problem
 from geofence.grid import GridIndex
 from geofence.index import ExactIndex, LocationIndex
@@ -42,6 +43,9 @@ class ZoneSet:
     warnings: tuple[Problem, ...] = ()
     beacons: BeaconRegistry | None = None  # zones/beacons.csv, when the folder has one
     positions: Mapping[str, int] = field(default_factory=dict)  # zone id -> index
+    # The single-request path's inside_zone/near_zone decisions by (kind, zone), made once:
+    # a Decision costs about 0.9 us to build, a fifth of a rejected request. At most two a zone.
+    rejections: dict[tuple[int, int], Decision] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.zones)

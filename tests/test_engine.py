@@ -83,6 +83,23 @@ def test_accuracy_circle_reaches_the_buffer() -> None:
     assert (near.reason, near.zone_id) == (Reason.NEAR_ZONE, "clinic")
 
 
+def test_single_rejections_are_made_once_per_zone_set() -> None:
+    """check_location reuses a zone's rejection, equal to the batch's; a zone set with the same
+    version string but other zones never sees another set's decisions."""
+    e = small_engine()
+    lat, lon = 47.61, -122.33
+    first = e.check_location(lat=lat, lon=lon, accuracy_m=5.0)
+    again = e.check_location(lat=lat, lon=lon, accuracy_m=5.0)
+    assert again is first and (first.reason, first.zone_id) == (Reason.INSIDE_ZONE, "clinic")
+    batch = e.check_many(np.array([lat]), np.array([lon]), np.array([5.0]))
+    assert batch.decision(0) == first
+    # Same version, "v-test", and same place: another zone's id and category.
+    other = Zone("shelter", "", Category.SHELTER, shapely.Point(-122.33, 47.61), 30.0)
+    zs = ZoneSet.compile([other], load_policy_text('pack = "us-strictest"\n', "<t>"), "v-test")
+    swapped = Engine(zs).check_location(lat=lat, lon=lon, accuracy_m=5.0)
+    assert (swapped.zone_id, swapped.category) == ("shelter", Category.SHELTER)
+
+
 def test_missing_accuracy_and_ip_follow_the_policy() -> None:
     lon, lat, _ = pyproj.Geod(ellps="WGS84").fwd(-122.33, 47.61, 0.0, 1500.0)
     default = small_engine()

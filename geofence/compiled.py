@@ -11,12 +11,14 @@ layout). Loading builds nothing expensive: hash tables are refilled from their k
 subcells' keys derived from the split fine cells), the STRtree from the pieces' stored bounds,
 and the `Zone` objects from the columns. Decisions are the compiled set's, array for array.
 
-Loading checks the magic, the format version, the size limits and every member's checksum before
-it parses anything, and it parses only data: JSON, and `.npy` headers read with
-`allow_pickle=False`. Nothing is unpickled or executed. Because whoever crafts a file can also
-write a matching manifest, every array is then checked as data: dtype and shape, finiteness, and
-every index and offset within range of what it indexes, so a hostile file is refused with a
-CompiledFileError and can never steer a compiled kernel outside its arrays.
+Loading checks the magic, the format version and the size limits before it reads a member, and
+each member's checksum before anything is built from it. It parses only data: JSON, and `.npy`
+headers (dtype and shape, checked before the array is allocated; the data is read into the
+array as bytes). Nothing is unpickled or executed. Arrays are copied from the file, never
+mapped: a file overwritten in place cannot change arrays once checked. Because whoever crafts a
+file can also write a matching manifest, every array is then checked as data: dtype and shape,
+finiteness, and every index and offset within range of what it indexes, so a hostile file is
+refused with a CompiledFileError and can never steer a compiled kernel outside its arrays.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import itertools
 import json
 import math
 import os
+import struct
 import zipfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,10 +66,11 @@ from geofence.zoneset import ZoneSet
 
 FORMAT = "geofence-zoneset"
 # 1: JSON zones, index rebuilt on load. 2: the built index stored as .npy arrays. 3: the sub
-# level's list entries name the fine level's frames (it stores none).
-FORMAT_VERSION = 3
-# Refused before anything is read or parsed. The sizes are the ones the ZIP declares; zipfile
-# stops at a declared size (and fails the CRC) however much a member would inflate to.
+# level's list entries name the fine level's frames (it stores none). 4: the levels' integers
+# (cells and list entries) are int32; members are in the order loading needs them.
+FORMAT_VERSION = 4
+# Refused before anything is read or parsed. The sizes are the ones the ZIP declares: a member
+# is read as the stored span its directory entry gives (compressed members are refused).
 MAX_FILE_BYTES = 8 << 30  # the .gfz file itself (a 1M-zone set is a few GB of tables)
 MAX_PAYLOAD_BYTES = 8 << 30  # every member but the manifest, uncompressed, together
 MAX_MANIFEST_BYTES = 64 * 1024  # manifest.json, uncompressed
@@ -77,15 +81,21 @@ MANIFEST = "manifest.json"
 
 # A level's arrays, in the kernel's layout (see grid.Level); its hash table is rebuilt from keys.
 _LEVEL_FIELDS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "ints": ("i8", (5,)),
+    "ints": ("i4", (5,)),
     "floats": ("f8", (3,)),
-    "entries": ("i8", (2,)),
+    "entries": ("i4", (2,)),
     "combos": ("f8", (9,)),
 }
 
 # Every array member: name -> (dtype, shape after the first axis). Lengths are checked against
-# each other once all are read.
+# each other once all are read. Saved in this order, after zoneset.json: what loading's slow
+# steps read (_JOBS) first, in the order they are queued (so that the two that need the zones'
+# geometry come last, and no thread waits for another), and the levels last.
 ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "fine.keys": ("i8", ()),  # in slot order: strictly increasing (sub keys are derived)
+    "coarse.keys": ("i8", ()),  # in slot order: strictly increasing
+    "part.wkb": ("u1", ()),  # pieces in their tile frames (lon/lat for INTERIOR pieces)
+    "part.wkb_start": ("i8", ()),
     "zone.category": ("u1", ()),
     "zone.radius_m": ("f8", ()),
     "zone.buffer_m": ("f8", ()),  # the zone's own buffer_m; NaN: none
@@ -96,17 +106,13 @@ ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
     "part.zone": ("i8", ()),
     "part.tile": ("i8", ()),
     "part.bounds": ("f8", (4,)),
-    "part.wkb": ("u1", ()),  # pieces in their tile frames (lon/lat for INTERIOR pieces)
-    "part.wkb_start": ("i8", ()),
     "flat.is_point": ("b1", ()),
     "flat.ring_start": ("i8", ()),
     "flat.coord_start": ("i8", ()),
     "flat.xs": ("f8", ()),
     "flat.ys": ("f8", ()),
     "grid.forced": ("f8", (4,)),
-    "coarse.keys": ("i8", ()),  # in slot order: strictly increasing
     "coarse.clearance": ("f8", ()),
-    "fine.keys": ("i8", ()),  # in slot order: strictly increasing (sub keys are derived)
     **{f"fine.{k}": v for k, v in _LEVEL_FIELDS.items()},
     **{f"sub.{k}": v for k, v in _LEVEL_FIELDS.items()},
 }
@@ -121,9 +127,9 @@ def save(zone_set: ZoneSet, path: str | Path) -> Path:
     members: dict[str, bytes] = {
         META: json.dumps(_meta(zone_set), separators=(",", ":")).encode("utf-8")
     }
-    for name, array in _arrays(zone_set).items():
-        dtype, tail = ARRAYS[name]
-        a = np.ascontiguousarray(array, dtype=np.dtype(dtype))
+    arrays = _arrays(zone_set)
+    for name, (dtype, tail) in ARRAYS.items():  # ARRAYS' order is the file's
+        a = np.ascontiguousarray(arrays[name], dtype=np.dtype(dtype))
         assert a.shape[1:] == tail, (name, a.shape)  # a bug here, not a user error
         buf = io.BytesIO()
         np.save(buf, a, allow_pickle=False)
@@ -243,14 +249,19 @@ def load(path: str | Path) -> ZoneSet:
     is a zone set assembled from them.
     """
     p = Path(path)
-    with ThreadPoolExecutor(1, "gfz-load") as work:
+    with ThreadPoolExecutor(_WORKERS, "gfz-load") as work:
         return _load(p, work)
+
+
+# Threads for the slow steps (see _JOBS). With the hash thread, two keep both cores of a small
+# machine busy while the main thread reads, and let a step run while another waits for one.
+_WORKERS = 2
 
 
 def _load(p: Path, work: ThreadPoolExecutor) -> ZoneSet:
     jobs: dict[str, Future[Any]] = {}
     try:
-        meta_raw, arrays = _read_members(p, work, jobs)
+        arrays = _read_members(p, work, jobs)
     except CompiledFileError:
         raise
     except (
@@ -266,8 +277,7 @@ def _load(p: Path, work: ThreadPoolExecutor) -> ZoneSet:
     ) as exc:
         raise CompiledFileError(f"{p}: not a readable compiled zone set ({exc})") from None
     try:
-        meta = _checked(json.loads(meta_raw, parse_constant=_no_constant))
-        return _assemble(meta, arrays, jobs)
+        return _assemble(arrays, jobs)
     except CompiledFileError as exc:
         raise CompiledFileError(f"{p}: {exc}") from None
     except (
@@ -275,6 +285,7 @@ def _load(p: Path, work: ThreadPoolExecutor) -> ZoneSet:
         TypeError,
         ValueError,
         AttributeError,
+        IndexError,
         RecursionError,
         MemoryError,
         shapely.errors.GEOSException,
@@ -284,180 +295,214 @@ def _load(p: Path, work: ThreadPoolExecutor) -> ZoneSet:
 
 def _read_members(
     p: Path, work: ThreadPoolExecutor, jobs: dict[str, Future[Any]]
-) -> tuple[bytes, dict[str, npt.NDArray[Any]]]:
-    """zoneset.json's bytes and every array, each member checked against the manifest.
+) -> dict[str, Any]:
+    """Every member's content (zoneset.json's bytes, the arrays), each checked against the manifest.
 
-    Arrays are parsed while they are hashed (one pass over the data, no second copy), but none is
-    returned unless every member's SHA-256 matches the manifest. Once the members a slow step
-    needs have been read and verified, the step starts on `work` (see _JOBS) while the rest are
-    read; its result is only used after every array has been checked.
+    Members are read straight from the file into the memory that keeps them (see _Member), and
+    none is returned unless every member's SHA-256 matches the manifest. As soon as the members
+    a slow step needs have been read, the step is queued on `work` (see _JOBS): it waits there
+    for their checksums, runs while the rest is read and hashed, and its result is only used
+    after every array has been checked.
     """
-    size = p.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise CompiledFileError(f"{p}: file of {size} bytes is over the limit of {MAX_FILE_BYTES}")
-    with zipfile.ZipFile(p) as zf, ThreadPoolExecutor(1, "gfz-sha256") as pool:
-        members = zf.infolist()
-        if len(members) > MAX_MEMBERS:
+    # One open file for the directory and the data: what is read is what the directory describes.
+    with open(p, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_FILE_BYTES:
             raise CompiledFileError(
-                f"{p}: {len(members)} archive members; a compiled file has {len(MEMBERS) + 1}"
+                f"{p}: file of {size} bytes is over the limit of {MAX_FILE_BYTES}"
             )
-        info = zf.getinfo(MANIFEST)
-        if info.file_size > MAX_MANIFEST_BYTES:
-            raise CompiledFileError(
-                f"{p}: manifest of {info.file_size} bytes is over the limit of {MAX_MANIFEST_BYTES}"
-            )
-        manifest = json.loads(zf.read(info), parse_constant=_no_constant)
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise CompiledFileError(f"{p}: not a geofence compiled zone set")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise CompiledFileError(
-                f"{p}: format version {manifest.get('format_version')!r}; this geofence "
-                f"reads version {FORMAT_VERSION}: recompile it from the zone files with "
-                "`geofence compile ZONES -o FILE.gfz`"
-            )
-        zones = manifest.get("zones")
-        if isinstance(zones, int) and not isinstance(zones, bool) and zones > MAX_ZONES:
-            raise CompiledFileError(
-                f"{p}: {zones} zones, over the limit of {MAX_ZONES} (geofence.zones.MAX_ZONES)"
-            )
-        listed = manifest.get("members")
-        names = [m.filename for m in members if m.filename != MANIFEST]
-        if not isinstance(listed, dict) or set(listed) != MEMBERS:
-            raise CompiledFileError(f"{p}: the manifest does not list this format's members")
-        if len(names) != len(set(names)) or not set(names) <= MEMBERS:
-            extra = sorted(set(names) - MEMBERS)
-            raise CompiledFileError(
-                f"{p}: archive members differ from the format's (unknown or repeated: "
-                f"{extra or 'names'})"
-            )
-        total = sum(m.file_size for m in members if m.filename != MANIFEST)
-        if total > MAX_PAYLOAD_BYTES:
-            raise CompiledFileError(
-                f"{p}: payload of {total} bytes is over the limit of {MAX_PAYLOAD_BYTES}"
-            )
-        meta = b""
-        arrays: dict[str, npt.NDArray[Any]] = {}
-        for m in members:
-            if m.filename == MANIFEST:
-                continue
-            entry = listed[m.filename]
-            digest = entry.get("sha256") if isinstance(entry, dict) else None
-            if not isinstance(entry, dict) or entry.get("bytes") != m.file_size:
-                # The size is half of the member's integrity record, checked before reading.
-                raise CompiledFileError(
-                    f"{p}: checksum mismatch in {m.filename}: {m.file_size} bytes where the "
-                    "manifest lists another size: the file is corrupt or was altered"
-                )
-            with zf.open(m) as f:
-                stream = _Hashing(f, pool)
-                if m.filename == META:
-                    meta = stream.read()
-                else:
-                    name = m.filename.removesuffix(".npy")
-                    arrays[name] = _npy(stream, m.file_size, name)
-                if stream.hexdigest() != digest:
-                    raise CompiledFileError(
-                        f"{p}: checksum mismatch in {m.filename}: the file is corrupt or was "
-                        "altered"
-                    )
-            for job, (needs, fn) in _JOBS.items():
-                if job not in jobs and all(n in arrays for n in needs):
-                    jobs[job] = work.submit(fn, *(arrays[n] for n in needs))
+        with zipfile.ZipFile(f) as zf, ThreadPoolExecutor(1, "gfz-sha256") as pool:
+            members = zf.infolist()
+            listed = _manifest(p, zf, members)
+            data = _spans(f, size, [m for m in members if m.filename != MANIFEST])
+            content: dict[str, Any] = {}
+            digests: dict[str, Future[str]] = {}
+            for m, start in data:
+                member = _Member(f, start, m.file_size, pool)
+                try:
+                    if m.filename == META:
+                        content[META] = member.read(m.file_size)
+                    else:
+                        name = m.filename.removesuffix(".npy")
+                        content[name] = _npy(member, m.file_size, name)
+                except CompiledFileError as exc:
+                    _verify(p, digests, listed)  # an altered earlier member is reported as such
+                    raise CompiledFileError(f"{p}: {exc}") from None
+                digests[m.filename] = member.hexdigest()
+                _start_jobs(work, jobs, content, digests, listed)
+            _verify(p, digests, listed)
     # Checked after the members that are there, so that an altered one is reported as such.
-    missing = sorted(MEMBERS - set(names))
+    missing = sorted(MEMBERS - {m.filename for m, _ in data})
     if missing:
         raise CompiledFileError(f"{p}: archive members missing: {missing}")
-    return meta, arrays
+    return content
 
 
-class _Hashing:
-    """A member's bytes as np.load reads them, hashed by another thread as they are read.
+def _manifest(
+    p: Path, zf: zipfile.ZipFile, members: list[zipfile.ZipInfo]
+) -> dict[str, dict[str, Any]]:
+    """The manifest's entry per member, once the archive's directory agrees with it."""
+    if len(members) > MAX_MEMBERS:
+        raise CompiledFileError(
+            f"{p}: {len(members)} archive members; a compiled file has {len(MEMBERS) + 1}"
+        )
+    info = zf.getinfo(MANIFEST)
+    if info.file_size > MAX_MANIFEST_BYTES:
+        raise CompiledFileError(
+            f"{p}: manifest of {info.file_size} bytes is over the limit of {MAX_MANIFEST_BYTES}"
+        )
+    manifest = json.loads(zf.read(info), parse_constant=_no_constant)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CompiledFileError(f"{p}: not a geofence compiled zone set")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CompiledFileError(
+            f"{p}: format version {manifest.get('format_version')!r}; this geofence "
+            f"reads version {FORMAT_VERSION}: recompile it from the zone files with "
+            "`geofence compile ZONES -o FILE.gfz`"
+        )
+    zones = manifest.get("zones")
+    if isinstance(zones, int) and not isinstance(zones, bool) and zones > MAX_ZONES:
+        raise CompiledFileError(
+            f"{p}: {zones} zones, over the limit of {MAX_ZONES} (geofence.zones.MAX_ZONES)"
+        )
+    listed = manifest.get("members")
+    names = [m.filename for m in members if m.filename != MANIFEST]
+    if not isinstance(listed, dict) or set(listed) != MEMBERS:
+        raise CompiledFileError(f"{p}: the manifest does not list this format's members")
+    if len(names) != len(set(names)) or not set(names) <= MEMBERS:
+        extra = sorted(set(names) - MEMBERS)
+        raise CompiledFileError(
+            f"{p}: archive members differ from the format's (unknown or repeated: "
+            f"{extra or 'names'})"
+        )
+    total = sum(m.file_size for m in members if m.filename != MANIFEST)
+    if total > MAX_PAYLOAD_BYTES:
+        raise CompiledFileError(
+            f"{p}: payload of {total} bytes is over the limit of {MAX_PAYLOAD_BYTES}"
+        )
+    for m in members:
+        if m.filename == MANIFEST:
+            continue
+        entry = listed[m.filename]
+        if not isinstance(entry, dict) or entry.get("bytes") != m.file_size:
+            # The size is half of the member's integrity record, checked before reading.
+            raise CompiledFileError(
+                f"{p}: checksum mismatch in {m.filename}: {m.file_size} bytes where the "
+                "manifest lists another size: the file is corrupt or was altered"
+            )
+    return listed
 
-    Blocks of BLOCK bytes are read from the archive; while np.load copies one into its array,
-    the pool's single thread hashes it (hashlib releases the GIL), so the SHA-256 costs little
-    wall time on a second core. At most two blocks are alive at once. np.load reads the magic,
-    steps back over it and reads on: the first bytes read are kept so that seeking back within
-    them works. Nothing else is seekable.
+
+# A ZIP local file header: signature, 22 bytes _spans does not need, name and extra lengths.
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+def _spans(
+    f: io.FileIO, size: int, members: list[zipfile.ZipInfo]
+) -> list[tuple[zipfile.ZipInfo, int]]:
+    """Each member with where its data starts, in file order, once its local header agrees.
+
+    Why not zipfile's reader: it hands out new bytes objects block by block (to be copied into
+    the arrays) and computes a CRC-32 the SHA-256 makes redundant; reading a stored member's
+    span directly fills each array in place. Only stored, unencrypted members are read, each
+    within the file and none overlapping another.
+    """
+    out = []
+    for m in members:
+        if m.compress_type != zipfile.ZIP_STORED or m.compress_size != m.file_size:
+            raise zipfile.BadZipFile(f"{m.filename} is compressed; compiled files store members")
+        if m.flag_bits & 0x1:
+            raise zipfile.BadZipFile(f"{m.filename} is encrypted")
+        f.seek(m.header_offset)
+        head = f.read(_LOCAL_HEADER.size)
+        if len(head) != _LOCAL_HEADER.size:
+            raise zipfile.BadZipFile(f"{m.filename}: truncated local file header")
+        magic, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+        if magic != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"{m.filename}: bad local file header")
+        if f.read(name_len) != m.filename.encode("ascii"):  # names are MEMBERS: ASCII
+            raise zipfile.BadZipFile(f"{m.filename}: local and central names differ")
+        start = m.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        if start + m.file_size > size:
+            raise zipfile.BadZipFile(f"{m.filename} runs past the end of the file")
+        out.append((m, start))
+    out.sort(key=lambda ms: ms[1])
+    for (a, start_a), (b, start_b) in itertools.pairwise(out):
+        if start_a + a.file_size > start_b:
+            raise zipfile.BadZipFile(f"{a.filename} and {b.filename} overlap")
+    return out
+
+
+def _verify(
+    p: Path, digests: Mapping[str, Future[str]], listed: Mapping[str, dict[str, Any]]
+) -> None:
+    """Every member read so far matches the SHA-256 its manifest entry gives, in file order."""
+    for name, digest in digests.items():
+        if digest.result() != listed[name].get("sha256"):
+            raise CompiledFileError(
+                f"{p}: checksum mismatch in {name}: the file is corrupt or was altered"
+            )
+
+
+class _Member:
+    """A stored member's bytes, read from the file straight into the memory that keeps them.
+
+    Every block read is then hashed on `pool`'s one thread (hashlib releases the GIL, so the
+    SHA-256 runs on a second core while the next block is read) from that same memory: no block
+    is copied or buffered twice. The thread runs its queue in order, so each member's updates
+    stay in order without anyone waiting for them; `hexdigest` is queued last.
     """
 
     BLOCK = 4 << 20
 
-    def __init__(self, f: IO[bytes], pool: ThreadPoolExecutor) -> None:
+    def __init__(self, f: io.FileIO, start: int, size: int, pool: ThreadPoolExecutor) -> None:
         self._f = f
+        self._left = size
         self._pool = pool
         self._sha = hashlib.sha256()
-        self._pending: Future[None] | None = None  # the last block's hash update
-        self._block = memoryview(b"")
-        self._at = 0  # read position within _block
-        self._head = b""  # the bytes read so far, while they are few
-        self._pos = 0
+        f.seek(start)
 
-    def _next_block(self) -> None:
-        data = self._f.read(self.BLOCK)
-        if self._pending is not None:
-            self._pending.result()  # one block hashing while the next is read: order kept
-        self._pending = self._pool.submit(self._sha.update, data)
-        self._block, self._at = memoryview(data), 0
+    def readinto(self, view: memoryview) -> None:
+        """Fill `view` (bytes) with the member's next len(view) bytes; EOFError if it has fewer."""
+        if len(view) > self._left:
+            raise EOFError("a member ends before its data")
+        at = 0
+        while at < len(view):
+            got = self._f.readinto(view[at : at + self.BLOCK])
+            if not got:
+                raise EOFError("the file ends before a member's data")
+            self._pool.submit(self._sha.update, view[at : at + got])
+            at += got
+        self._left -= len(view)
 
-    def _take(self, n: int) -> bytes:
-        parts = []
-        while n != 0:
-            if self._at == len(self._block):
-                self._next_block()
-                if not self._block:
-                    break
-            end = len(self._block) if n < 0 else min(len(self._block), self._at + n)
-            parts.append(self._block[self._at : end])
-            if n > 0:
-                n -= end - self._at
-            self._at = end
-        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+    @property
+    def left(self) -> int:
+        """Bytes of the member not read yet."""
+        return self._left
 
-    def read(self, n: int = -1) -> bytes:
-        out = b""
-        if self._pos < len(self._head):
-            end = len(self._head) if n < 0 else min(len(self._head), self._pos + n)
-            out = self._head[self._pos : end]
-            self._pos = end
-            if n >= 0:
-                n -= len(out)
-                if n == 0:
-                    return out
-        chunk = self._take(n)
-        if self._pos == len(self._head) and self._pos + len(chunk) <= 65536:
-            self._head += chunk
-        self._pos += len(chunk)
-        return out + chunk if out else chunk
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to n bytes, or all that is left (np.lib.format reads headers this way)."""
+        buf = bytearray(self._left if n < 0 else min(n, self._left))
+        self.readinto(memoryview(buf))
+        return bytes(buf)
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        target = offset if whence == 0 else self._pos + offset
-        seekable = 0 <= target <= len(self._head) and self._pos <= len(self._head)
-        if whence not in (0, 1) or not seekable:
-            raise io.UnsupportedOperation("a compiled file's member is read forward only")
-        self._pos = target
-        return target
-
-    def tell(self) -> int:
-        return self._pos
-
-    def hexdigest(self) -> str:
-        """The SHA-256 of the whole member: whatever is left is read (and hashed) first."""
-        while self.read(self.BLOCK):
-            pass
-        if self._pending is not None:
-            self._pending.result()
-        return self._sha.hexdigest()
+    def hexdigest(self) -> Future[str]:
+        """The member's SHA-256, once every byte of it has been read."""
+        if self._left:
+            raise EOFError("a member was not read to its end")
+        return self._pool.submit(self._sha.hexdigest)
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def _npy(fp: _Hashing, size: int, name: str) -> npt.NDArray[Any]:
+def _npy(fp: _Member, size: int, name: str) -> npt.NDArray[Any]:
     """One `.npy` member as an array of exactly the dtype and trailing shape `name` needs.
 
     The header is read first, and the array's size checked against the member's, so a header
-    that claims a huge shape is refused before anything is allocated for it.
+    that claims a huge shape is refused before anything is allocated for it. Only the header
+    is parsed (np.lib.format: no pickles); the data is read into the array as raw bytes.
     """
     dtype, tail = ARRAYS[name]
     where = f"{name}.npy"
@@ -476,12 +521,13 @@ def _npy(fp: _Hashing, size: int, name: str) -> npt.NDArray[Any]:
     if fortran or len(shape) != 1 + len(tail) or tuple(shape[1:]) != tail:
         raise _bad(where, f"has shape {shape}, not (n, {', '.join(map(str, tail))})")
     count = math.prod(shape)
-    if fp.tell() + count * got.itemsize != size:
-        raise _bad(where, f"holds {size - fp.tell()} bytes of data, not the {count} "
+    header = size - fp.left
+    if header + count * got.itemsize != size:
+        raise _bad(where, f"holds {size - header} bytes of data, not the {count} "
                    f"values of shape {shape}")  # fmt: skip
-    fp.seek(0)
-    array = np.load(fp, allow_pickle=False)
-    return np.asarray(array).reshape(shape)
+    array = np.empty(shape, dtype=np.dtype(dtype))
+    fp.readinto(array.reshape(-1).view(np.uint8).data)
+    return array
 
 
 # --- checking zoneset.json: types and ranges, before anything is built from it ---------------
@@ -800,20 +846,9 @@ def _tables(fine_keys: A, coarse_keys: A) -> tuple[HashTable, HashTable, HashTab
     return HashTable(fine_keys), HashTable(np.empty(0, dtype=np.int64)), HashTable(coarse_keys)
 
 
-# Slow steps of loading, started as soon as the members they read are in (see _read_members).
-_JOBS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "geometries": (("zone.wkb", "zone.wkb_start", "zone.radius_m"), _geometries),
-    "pieces": (("part.wkb", "part.wkb_start"), _pieces),
-    "tables": (("fine.keys", "coarse.keys"), _tables),
-}
-
-
-def _level(arrays: Mapping[str, A], prefix: str, table: HashTable) -> Level:
-    return Level(table, *(arrays[f"{prefix}.{k}"] for k in _LEVEL_FIELDS))
-
-
-def _assemble(meta: dict[str, Any], arrays: dict[str, A], jobs: dict[str, Future[Any]]) -> ZoneSet:
-    """The zone set described by checked zoneset.json and arrays (and the jobs started on them)."""
+def _meta_policy(raw: bytes) -> tuple[dict[str, Any], Policy]:
+    """zoneset.json, checked, and the policy it holds."""
+    meta = _checked(json.loads(raw, parse_constant=_no_constant))
     pd = meta["policy"]
     policy = Policy(
         pack=str(pd["pack"]),
@@ -823,14 +858,21 @@ def _assemble(meta: dict[str, Any], arrays: dict[str, A], jobs: dict[str, Future
         presence=PresenceRules(**pd["presence"]),
         fingerprint=str(pd["fingerprint"]),
     )
+    return meta, policy
+
+
+def _zones(
+    code: A, radius: A, own_buffer: A, valid_from: A, valid_until: A,
+    meta_policy: tuple[dict[str, Any], Policy], geoms: npt.NDArray[np.object_],
+) -> tuple[tuple[Zone, ...], npt.NDArray[np.float64], list[Problem]]:  # fmt: skip
+    """The `Zone` objects, the effective buffers and the warnings ZoneSet.compile would give.
+
+    Why a job: 50k objects are a tenth of a second of Python, which runs while the arrays are
+    read and hashed (that mostly releases the GIL). Its inputs are checked by _assemble before
+    the result is used; unchecked, they can only make this raise.
+    """
+    meta, policy = meta_policy
     columns = meta["zones"]
-    n = len(columns["id"])
-    _check_arrays(arrays, n)
-    radius = arrays["zone.radius_m"]
-    geoms = jobs["geometries"].result()
-    own_buffer = arrays["zone.buffer_m"]
-    valid_from, valid_until = arrays["zone.valid_from"], arrays["zone.valid_until"]
-    code = arrays["zone.category"]
     cats = [CATEGORIES[c] for c in code.tolist()]
     # The effective buffer, as ZoneSet.compile resolves it (the policy's, widened per zone).
     rule = np.array([policy.rule(c).buffer_m for c in CATEGORIES], dtype=np.float64)[code]
@@ -860,6 +902,68 @@ def _assemble(meta: dict[str, Any], arrays: dict[str, A], jobs: dict[str, Future
                 severity="warning",
             )
         )
+    return zones, buffer, warnings
+
+
+# Slow steps of loading: name -> (members they read, jobs whose results they take, function).
+# Each is queued as soon as its members have been read (see _read_members) and the jobs it takes
+# from are queued (so it only ever waits for a job queued before it), and runs once their
+# checksums match. "tables" goes first: its first numba call loads numba's registries (0.15 s).
+_JOBS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Any]] = {
+    "meta": ((META,), (), _meta_policy),
+    "tables": (("fine.keys", "coarse.keys"), (), _tables),
+    "pieces": (("part.wkb", "part.wkb_start"), (), _pieces),
+    "geometries": (("zone.wkb", "zone.wkb_start", "zone.radius_m"), (), _geometries),
+    "zones": (
+        ("zone.category", "zone.radius_m", "zone.buffer_m", "zone.valid_from", "zone.valid_until"),
+        ("meta", "geometries"),
+        _zones,
+    ),
+}
+
+
+def _start_jobs(
+    work: ThreadPoolExecutor,
+    jobs: dict[str, Future[Any]],
+    content: Mapping[str, Any],
+    digests: Mapping[str, Future[str]],
+    listed: Mapping[str, dict[str, Any]],
+) -> None:
+    """Queue every job whose members have all been read (and whose earlier jobs are queued)."""
+    for job, (needs, after, fn) in _JOBS.items():
+        files = [n if n == META else f"{n}.npy" for n in needs]
+        if job in jobs or not all(f in digests for f in files) or not all(a in jobs for a in after):
+            continue
+        checks = [(digests[f], listed[f].get("sha256")) for f in files]
+        args = [content[n] for n in needs]
+        jobs[job] = work.submit(_once_verified, checks, [jobs[a] for a in after], fn, args)
+
+
+def _once_verified(
+    checks: list[tuple[Future[str], Any]], after: list[Future[Any]], fn: Any, args: list[Any]
+) -> Any:
+    """fn(*args, *the results of `after`), once every member in `args` matches its checksum."""
+    for digest, expected in checks:
+        if digest.result() != expected:
+            # Never seen: _read_members reports the member before any job result is taken.
+            raise CompiledFileError("checksum mismatch")
+    return fn(*args, *(job.result() for job in after))
+
+
+def _level(arrays: Mapping[str, A], prefix: str, table: HashTable) -> Level:
+    return Level(table, *(arrays[f"{prefix}.{k}"] for k in _LEVEL_FIELDS))
+
+
+def _assemble(arrays: Mapping[str, Any], jobs: dict[str, Future[Any]]) -> ZoneSet:
+    """The zone set described by checked zoneset.json and arrays (and the jobs started on them)."""
+    meta, policy = jobs["meta"].result()
+    columns = meta["zones"]
+    n = len(columns["id"])
+    _check_arrays(arrays, n)
+    zones, buffer, warnings = jobs["zones"].result()
+    radius = arrays["zone.radius_m"]
+    valid_from, valid_until = arrays["zone.valid_from"], arrays["zone.valid_until"]
+    code = arrays["zone.category"]
     exact = ExactIndex.from_arrays(
         radius_m=radius,
         buffer_m=buffer,

@@ -31,12 +31,18 @@ named in a NEAR cell, as described above. tests/test_grid.py checks this point b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
 import numpy.typing as npt
 import shapely
+from numba import types as nbtypes
+from numba.core import cgutils
+from numba.experimental import structref
+from numba.extending import intrinsic
 
 from geofence.geodesy import (
     FRAME_SLACK_M,
@@ -95,9 +101,9 @@ class Level:
     """
 
     table: HashTable
-    ints: I64  # (n, 5)
+    ints: I32  # (n, 5)
     floats: F64  # (n, 3)
-    entries: I64  # (m, 2)
+    entries: I32  # (m, 2)
     combos: F64  # (c, 9)
 
     @classmethod
@@ -108,30 +114,44 @@ class Level:
     ) -> Level:  # fmt: skip
         """A level from per-field arrays, packed into the kernel's layout.
 
-        Why: only the packed arrays are kept, so a level costs its memory once, not twice.
+        Why: only the packed arrays are kept, so a level costs its memory once, not twice. The
+        integers are int32 (states, zone, piece and frame indexes, list offsets: all below
+        2**31), half the bytes of int64: the sub level is most of a compiled file, and of the
+        memory a loaded one touches.
         """
+        if len(entry_part) >= 2**31 or len(clon) >= 2**31:
+            raise OverflowError("a level with 2**31 list entries or frames: beyond int32")
         ints = np.column_stack([state, zone, near_zone, list_start[:-1], list_start[1:]])
         return cls(
             table,
-            np.ascontiguousarray(ints, dtype=np.int64),
+            np.ascontiguousarray(ints, dtype=np.int32),
             np.ascontiguousarray(np.column_stack([clearance, near_acc, list_valid]), np.float64),
-            np.ascontiguousarray(np.column_stack([entry_part, entry_combo]), dtype=np.int64),
+            np.ascontiguousarray(np.column_stack([entry_part, entry_combo]), dtype=np.int32),
             np.ascontiguousarray(
                 np.column_stack([clon, clat, cx, cy, jac, err]), dtype=np.float64
             ).reshape(-1, 9),
         )
 
     @property
-    def state(self) -> I64:
+    def state(self) -> I32:
         return self.ints[:, 0]
 
     @property
-    def entry_part(self) -> I64:
+    def entry_part(self) -> I32:
         return self.entries[:, 0]
 
-    def packed(self) -> tuple[I64, I64, F64, I64, F64]:
+    def packed(self) -> tuple[I64, I32, F64, I32, F64]:
         """The level as the kernel takes it: table (2, cap), ints, floats, entries, combos."""
         return self.table.pair, self.ints, self.floats, self.entries, self.combos
+
+
+class _SinglePath(NamedTuple):
+    """The single-point path's compiled entry points and the tables they read."""
+
+    tables: _Tables
+    one: Callable[..., int]
+    presence: Callable[..., int]
+    presence_zones: Callable[..., I64 | None]
 
 
 class GridIndex:
@@ -192,6 +212,12 @@ class GridIndex:
             np.stack([fl.xs, fl.ys]),
             _piece_boxes(fl),
         )
+        # The single-point path is bound at its first request (_bind_single): batch-only users
+        # (the CLI, check_many) never load or compile its functions.
+        self._single: _SinglePath | None = None
+        # presence_one's answers for one zone: read-only views, so none is made per request.
+        self._zone_rows = np.arange(len(exact.radius_m), dtype=np.int64)
+        self._zone_rows.flags.writeable = False
 
     def locate(
         self,
@@ -244,7 +270,8 @@ class GridIndex:
         The single-request path: no arrays to make, one compiled call. Time never matters to
         the grid's answer (cells near temporary zones always defer to the exact index).
         """
-        code = grid_one(lon, lat, accuracy_m, *self._packed)
+        single = self._single or self._bind_single()
+        code = single.one(lon, lat, accuracy_m, single.tables)
         if code < 0:
             return None
         return code >> 32, (code & 0xFFFFFFFF) - 1
@@ -253,14 +280,44 @@ class GridIndex:
         self, lon: float, lat: float, accuracy_m: float, center_only: bool = False
     ) -> I64 | None:
         """The zones one point is present in (each once), or None where the exact index must
-        tell: the single-request path's counterpart of `locate(..., need_presence=...)`."""
-        _, zones, unsure = grid_presence(
-            np.array([lon]), np.array([lat]), np.array([accuracy_m]), _POINT_ZERO, center_only,
-            *self._packed,
-        )  # fmt: skip
-        if unsure[0]:
-            return None
-        return zones if len(zones) < 2 else np.array(list(dict.fromkeys(zones.tolist())))
+        tell: the single-request path's counterpart of `locate(..., need_presence=...)`.
+
+        One compiled call that returns a number (see grid_presence_one); the array for no zone
+        or one zone is a shared read-only one, not made per request.
+        """
+        single = self._single or self._bind_single()
+        code = single.presence(lon, lat, accuracy_m, center_only, single.tables)
+        if 0 < code < PRESENCE_TWO:
+            return self._zone_rows[code - 1 : code]
+        if code == 0:
+            return _NO_ZONES
+        if code > 0:
+            return np.array(((code >> 32) - 1, (code & 0xFFFFFFFF) - 1), dtype=np.int64)
+        if code == PRESENCE_MORE:
+            zones: I64 | None = single.presence_zones(
+                lon, lat, accuracy_m, center_only, single.tables
+            )
+            return zones
+        return None
+
+    def _bind_single(self) -> _SinglePath:
+        """The kernel's arrays in one numba object, and the compiled entry points for its type.
+
+        Loaded from numba's cache (~30 ms once a process; compiled, ~10 s, when the cache is
+        cold). A dispatcher types every argument on every call (~0.4 us for this object, ~65 ns
+        an array); an entry point only unboxes them, ~0.1 us in all. It trusts its arguments'
+        types: only locate_one and presence_one call these, with floats and these very tables.
+        Two threads may bind at once; both get equivalent paths.
+        """
+        tables = _make_tables(self._packed)
+        f64, t = nbtypes.float64, numba.typeof(tables)
+        self._single = _SinglePath(
+            tables,
+            grid_one.compile((f64, f64, f64, t)),
+            grid_presence_one.compile((f64, f64, f64, nbtypes.boolean, t)),
+            grid_presence_zones.compile((f64, f64, f64, nbtypes.boolean, t)),
+        )
+        return self._single
 
     def stats(self) -> dict[str, int]:
         """Cell counts per level and state, for benchmarks and tests."""
@@ -460,29 +517,107 @@ def _grid_kernel(
 grid_kernel = numba.njit(cache=True, nogil=True)(_grid_kernel)
 grid_kernel_gil = numba.njit(cache=True)(_grid_kernel)
 NOGIL_MIN_POINTS = 2048
-_POINT_ZERO = np.zeros(1, dtype=np.int64)  # presence_one's one point (read only)
+
+
+# --- the single-point path ---------------------------------------------------------------------
+# One request is one compiled call that takes one object, `_Tables`, holding the kernel's arrays
+# (GridIndex._pack), and returns a number. Inside, the batch kernels' own code runs (inlined)
+# for one point, so both paths decide alike. Presence's counterpart follows grid_presence.
+
+# The kernels' arrays, in their order of arguments (GridIndex._packed's order).
+_TABLE_FIELDS = (
+    "forced", "far", "f_table", "f_ints", "f_floats", "f_entries", "f_combos",
+    "sub_base", "s_ints", "s_floats", "s_entries", "s_combos", "c_table", "c_clear",
+    "part_zone", "zone_m", "is_point", "ring_start", "coord_start", "xy", "pbox",
+)  # fmt: skip
+
+
+@structref.register
+class _TablesType(nbtypes.StructRef):
+    """numba's type of `_Tables`: its fields' types are those of the arrays it was made from.
+
+    Why at module level: the compiled functions that take it are cached on disk, and the cache
+    finds the type again by its module and name.
+    """
+
+    def preprocess_fields(
+        self, fields: tuple[tuple[str, nbtypes.Type], ...]
+    ) -> tuple[tuple[str, nbtypes.Type], ...]:
+        return tuple((name, nbtypes.unliteral(t)) for name, t in fields)
+
+
+class _Tables(structref.StructRefProxy):
+    """The kernel's arrays as one numba object, made by `_new_tables`.
+
+    Why: a compiled call unboxes it as one pointer; 21 array arguments cost ~1.5 us a call.
+    """
+
+    __slots__ = ("_arrays",)  # the NumPy arrays that own its fields' memory
+
+
+structref.define_proxy(_Tables, _TablesType, list(_TABLE_FIELDS))
+
+
+@intrinsic
+def _unowned(typingctx: object, arrays: nbtypes.Type) -> object:
+    """A tuple of arrays without their reference counts (meminfo): numba then never counts
+    references to them.
+
+    Why: every array the single-point path reads from `_Tables` and hands to the batch kernels
+    is counted several times (an atomic add and subtract each, ~0.4 us a point in all). The
+    memory stays owned by the NumPy arrays, which `_Tables._arrays` holds; `parent` is kept,
+    so a field boxed back to Python would be that very array.
+    """
+    if not isinstance(arrays, nbtypes.BaseTuple) or not all(
+        isinstance(t, nbtypes.Array) for t in arrays
+    ):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        out = []
+        for i, ty in enumerate(arrays):
+            a = cgutils.create_struct_proxy(ty)(
+                context, builder, value=builder.extract_value(args[0], i)
+            )
+            a.meminfo = cgutils.get_null_value(a.meminfo.type)
+            out.append(a._getvalue())
+        return context.make_tuple(builder, sig.return_type, out)
+
+    return arrays(arrays), codegen
+
+
+def _make_tables(arrays: tuple[npt.NDArray[np.generic], ...]) -> _Tables:
+    """A `_Tables` of `arrays` (in `_TABLE_FIELDS` order), which it keeps alive."""
+    tables = _new_tables(*arrays)
+    tables._arrays = arrays
+    return tables
 
 
 @numba.njit(cache=True)
-def grid_one(
-    lon: float, lat: float, acc: float, forced: F64, far: F64,
-    f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
-    sub_base: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
-    c_table: I64, c_clear: F64,
-    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
-    pbox: F64,
-) -> np.int64:  # fmt: skip
+def _new_tables(*arrays: npt.NDArray[np.generic]) -> _Tables:
+    return _Tables(*_unowned(arrays))
+
+
+# The batch kernel built to be inlined into grid_one (and grid_presence into _presence_of_one):
+# a call that hands over 27 arrays costs ~0.15 us more than the same code inlined.
+_grid_kernel_inline = numba.njit(cache=True, inline="always")(_grid_kernel)
+
+
+@numba.njit(cache=True)
+def grid_one(lon: float, lat: float, acc: float, t: _Tables) -> np.int64:
     """One point through the kernel: kind << 32 | (zone + 1), or -1 for the exact index."""
-    x, y, a = np.full(1, lon), np.full(1, lat), np.full(1, acc)
+    # The point as views of one array, and results of their own: fewer allocations (~30 ns
+    # each) on the single-request path.
+    point = np.array((lon, lat, acc))
     kind = np.empty(1, dtype=np.int8)
     zone = np.empty(1, dtype=np.int32)
     todo = np.empty(1, dtype=np.bool_)
-    grid_kernel_gil(
-        x, y, a, forced, far,
-        f_table, f_ints, f_floats, f_entries, f_combos,
-        sub_base, s_ints, s_floats, s_entries, s_combos,
-        c_table, c_clear, part_zone, zone_m, is_point, ring_start, coord_start, xy, pbox,
-        kind, zone, todo,
+    _grid_kernel_inline(
+        point[0:1], point[1:2], point[2:3], t.forced, t.far,
+        t.f_table, t.f_ints, t.f_floats, t.f_entries, t.f_combos,
+        t.sub_base, t.s_ints, t.s_floats, t.s_entries, t.s_combos,
+        t.c_table, t.c_clear, t.part_zone, t.zone_m, t.is_point, t.ring_start, t.coord_start,
+        t.xy, t.pbox, kind, zone, todo,
     )  # fmt: skip
     if todo[0]:
         return np.int64(-1)
@@ -592,6 +727,77 @@ def grid_presence(
                 out_zone[m] = z
                 m += 1
     return out_point[:m], out_zone[:m], todo
+
+
+# --- one point's presence (the single-point path; see grid_one) ---------------------------------
+
+_grid_presence_inline = numba.njit(cache=True, inline="always")(grid_presence.py_func)
+
+
+@numba.njit(cache=True)
+def _presence_of_one(
+    lon: float, lat: float, acc: float, center_only: bool, t: _Tables
+) -> tuple[bool, I64]:
+    """(unsure, zones): `grid_presence` for one point, each zone once, in order of listing."""
+    point = np.array((lon, lat, acc))
+    _, zones, unsure = _grid_presence_inline(
+        point[0:1], point[1:2], point[2:3], np.zeros(1, dtype=np.int64), center_only,
+        t.forced, t.far,
+        t.f_table, t.f_ints, t.f_floats, t.f_entries, t.f_combos,
+        t.sub_base, t.s_ints, t.s_floats, t.s_entries, t.s_combos,
+        t.c_table, t.c_clear, t.part_zone, t.zone_m, t.is_point, t.ring_start, t.coord_start,
+        t.xy, t.pbox,
+    )  # fmt: skip
+    # A zone repeats where it has pieces in several tiles. Lists are short: a quadratic scan,
+    # in place, is cheapest.
+    m = 0
+    for z in zones:
+        seen = False
+        for k in range(m):
+            if zones[k] == z:
+                seen = True
+                break
+        if not seen:
+            zones[m] = z
+            m += 1
+    return unsure[0], zones[:m]
+
+
+PRESENCE_UNSURE, PRESENCE_MORE = -1, -2
+PRESENCE_TWO = 1 << 32  # codes from here on name two zones
+_NO_ZONES = np.empty(0, dtype=np.int64)  # presence_one's answer for no zone (read only)
+_NO_ZONES.flags.writeable = False
+
+
+@numba.njit(cache=True)
+def grid_presence_one(
+    lon: float, lat: float, acc: float, center_only: bool, t: _Tables
+) -> np.int64:
+    """The zones one point is present in, as a code: 0 none; z + 1 zone z alone;
+    (z + 1) << 32 | (y + 1) zones z and y; PRESENCE_MORE three or more (`grid_presence_zones`
+    lists them); PRESENCE_UNSURE where the exact index must tell.
+
+    Why a code: returning an array to Python costs ~0.5 us (boxing it), more than the lookup.
+    Most points are present in one zone or none, some in two nested ones. Zone indexes are
+    below 2**31 (the kernel holds them as int32), so two fit.
+    """
+    unsure, zones = _presence_of_one(lon, lat, acc, center_only, t)
+    if unsure:
+        return np.int64(PRESENCE_UNSURE)
+    if len(zones) > 2:
+        return np.int64(PRESENCE_MORE)
+    if len(zones) == 2:
+        return ((zones[0] + 1) << 32) | (zones[1] + 1)
+    return zones[0] + 1 if len(zones) else np.int64(0)
+
+
+@numba.njit(cache=True)
+def grid_presence_zones(
+    lon: float, lat: float, acc: float, center_only: bool, t: _Tables
+) -> I64 | None:
+    """The zones one point is present in, each once, or None where the exact index must tell."""
+    unsure, zones = _presence_of_one(lon, lat, acc, center_only, t)
+    return None if unsure else zones
 
 
 # --- building ----------------------------------------------------------------------------------
@@ -978,7 +1184,7 @@ def _piece_boxes(flat: FlatParts) -> F64:
     )
 
 
-def _sub_base(fine_state: npt.NDArray[np.int64]) -> I64:
+def _sub_base(fine_state: I32) -> I64:
     """Per fine cell, its block of subcells: the split cells' subcells are stored in the fine
     cells' order (`child_keys_of`), so the j-th split cell's are slots 64 j to 64 j + 63."""
     return np.ascontiguousarray(np.cumsum(fine_state == STATE_SUB) - 1, dtype=np.int64)

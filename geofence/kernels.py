@@ -18,6 +18,7 @@ import shapely
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
 
 EMPTY_KEY = np.int64(-1)
 
@@ -177,7 +178,7 @@ def point_distance(
 
 @numba.njit(cache=True, nogil=True)
 def level_fault(
-    ints: I64, floats: F64, entries: I64, n_combos: int, n_zones: int, n_parts: int,
+    ints: I32, floats: F64, entries: I32, n_combos: int, n_zones: int, n_parts: int,
     max_state: int, near: int, inside: int,
 ) -> int:  # fmt: skip
     """0 if a level's arrays are safe for the grid kernel, else the first fault's code.

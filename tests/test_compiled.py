@@ -8,6 +8,7 @@ by array and decision by decision. Hostile files are in test_hostile_files.py.
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
 from pathlib import Path
 
@@ -172,21 +173,104 @@ def test_awkward_zones_round_trip(tmp_path: Path) -> None:
     assert_same_decisions(zs, loaded, lon, lat, acc)
 
 
-def test_an_old_format_file_asks_to_be_recompiled(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 3])  # 3: the levels' integers were int64
+def test_an_old_format_file_asks_to_be_recompiled(tmp_path: Path, version: int) -> None:
     path = tmp_path / "old.gfz"
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("manifest.json", json.dumps({"format": compiled.FORMAT, "format_version": 1}))
+        manifest = {"format": compiled.FORMAT, "format_version": version}
+        zf.writestr("manifest.json", json.dumps(manifest))
         zf.writestr("zoneset.json", b"{}")
-    with pytest.raises(CompiledFileError, match=r"format version 1;.*recompile"):
+    with pytest.raises(CompiledFileError, match=rf"format version {version};.*recompile"):
         compiled.load(path)
 
 
-def test_the_file_is_arrays_and_json_only(saved: Path) -> None:
-    """Members are the manifest, zoneset.json and .npy arrays, stored (not deflated)."""
+def test_the_file_is_arrays_and_json_only(bundled: ZoneSet, saved: Path) -> None:
+    """Members are the manifest, zoneset.json and .npy arrays, stored (not deflated), in the
+    order loading needs them: what its slow steps read first, the levels last."""
     with zipfile.ZipFile(saved) as zf:
-        names = {i.filename for i in zf.infolist()}
-        assert names == compiled.MEMBERS | {compiled.MANIFEST}
+        names = [i.filename for i in zf.infolist()]
+        assert names == [compiled.MANIFEST, compiled.META, *(f"{n}.npy" for n in compiled.ARRAYS)]
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
         manifest = json.loads(zf.read(compiled.MANIFEST))
-    assert manifest["format_version"] == compiled.FORMAT_VERSION == 3
+    assert manifest["format_version"] == compiled.FORMAT_VERSION == 4
     assert set(manifest["members"]) == compiled.MEMBERS
+    early = {n for needs, _, _ in compiled._JOBS.values() for n in needs} - {compiled.META}
+    assert set(compiled.ARRAYS) & early == set(list(compiled.ARRAYS)[: len(early)])
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+    assert grid.fine.ints.dtype == grid.sub.entries.dtype == np.int32  # format 4
+
+
+# --- reading: members straight from the file, hashed block by block on another thread ---------
+
+
+def _span(path: Path, member: str) -> tuple[int, int]:
+    """Where a stored member's local header is, and where its data starts."""
+    with zipfile.ZipFile(path) as zf:
+        at = zf.getinfo(member).header_offset
+    head = path.read_bytes()[at : at + 30]
+    name_len, extra_len = struct.unpack_from("<HH", head, 26)
+    return at, at + 30 + name_len + extra_len
+
+
+def _patched(saved: Path, tmp_path: Path, at: int, new: bytes) -> Path:
+    raw = bytearray(saved.read_bytes())
+    raw[at : at + len(new)] = new
+    out = tmp_path / "patched.gfz"
+    out.write_bytes(bytes(raw))
+    return out
+
+
+def test_a_file_read_in_many_small_blocks_loads_the_same(
+    bundled: ZoneSet, saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every block is hashed after it is read, on another thread: the blocks must reach the
+    hash in order, or a sound file would fail its checksums."""
+    monkeypatch.setattr(compiled._Member, "BLOCK", 4096)
+    with zipfile.ZipFile(saved) as zf:
+        assert zf.getinfo("sub.ints.npy").file_size > 50 * 4096
+    loaded = compiled.load(saved)
+    assert loaded.zones == bundled.zones
+    assert_same_tables(bundled, loaded)
+
+
+@pytest.mark.parametrize("where", ["first block", "middle", "last byte"])
+def test_a_flipped_byte_in_a_large_member_is_a_checksum_mismatch(
+    saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    monkeypatch.setattr(compiled._Member, "BLOCK", 4096)
+    _, start = _span(saved, "sub.ints.npy")
+    with zipfile.ZipFile(saved) as zf:
+        size = zf.getinfo("sub.ints.npy").file_size
+    at = {"first block": start + 200, "middle": start + size // 2, "last byte": start + size - 1}
+    raw = saved.read_bytes()
+    bad = _patched(saved, tmp_path, at[where], bytes([raw[at[where]] ^ 0x01]))
+    with pytest.raises(CompiledFileError, match=r"checksum mismatch in sub\.ints\.npy"):
+        compiled.load(bad)
+
+
+def test_a_compressed_member_is_refused(saved: Path, tmp_path: Path) -> None:
+    """Only stored members are read (as they lie in the file); save never compresses."""
+    out = tmp_path / "deflated.gfz"
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            packed = zipfile.ZIP_DEFLATED if info.filename == "part.wkb.npy" else None
+            dst.writestr(info.filename, src.read(info), compress_type=packed)
+    with pytest.raises(CompiledFileError, match=r"not a readable.*part\.wkb\.npy is compressed"):
+        compiled.load(out)
+
+
+def test_local_headers_must_agree_with_the_directory(saved: Path, tmp_path: Path) -> None:
+    """The data of a member is found from its local header: one naming another member, or
+    whose extra field pushes its data over the next member, is refused."""
+    at, _ = _span(saved, "zone.wkb.npy")
+    renamed = _patched(saved, tmp_path, at + 30, b"zone.wkX.npy")
+    with pytest.raises(CompiledFileError, match=r"not a readable.*local and central names differ"):
+        compiled.load(renamed)
+    at, _ = _span(saved, compiled.META)
+    longer = _patched(saved, tmp_path, at + 28, struct.pack("<H", 100))
+    with pytest.raises(CompiledFileError, match=r"not a readable.*overlap"):
+        compiled.load(longer)
+    damaged = _patched(saved, tmp_path, at, b"PK\x09\x09")
+    with pytest.raises(CompiledFileError, match=r"not a readable.*bad local file header"):
+        compiled.load(damaged)

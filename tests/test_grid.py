@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from conftest import BUNDLED_ZONES
 
 from geofence.categories import Category
 from geofence.geodesy import FRAME_SLACK_M, FRAME_STRETCH
-from geofence.grid import LIST_M, GridIndex, grid_kernel
+from geofence.grid import LIST_M, GridIndex, grid_kernel, grid_presence
 from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
 from geofence.policy import load_policy_text
 from geofence.zones import Zone
@@ -127,8 +129,9 @@ def test_grid_equals_exact_on_uniform_points(bundled: ZoneSet) -> None:
 def test_one_point_path_equals_the_batch_path(bundled: ZoneSet) -> None:
     """locate_one (check_location's path) answers as locate does, or defers where locate must.
 
-    The batch and the one-point paths are two builds of one kernel, and the small-batch build
-    keeps the GIL: a point they decided differently would show here.
+    The one-point path runs the kernel's code, inlined, on the arrays it holds in one numba
+    object (`_Tables`): a point decided differently from the batch build, or a field handed
+    over in the wrong place, would show here.
     """
     rng = np.random.default_rng(77)
     lon, lat, acc = band_points(bundled, rng, per_zone=6)
@@ -152,6 +155,72 @@ def test_one_point_path_equals_the_batch_path(bundled: ZoneSet) -> None:
         else:
             assert not todo[i] and one == (int(kind[i]), int(zone[i])), i
     assert 0 < deferred < n and (kind != KIND_CLEAR).sum() > n // 4
+    assert set((kind[~todo] == KIND_INSIDE).tolist()) == {False, True}
+
+
+@pytest.mark.parametrize("center_only", [False, True])
+def test_one_point_presence_equals_the_batch_path(bundled: ZoneSet, center_only: bool) -> None:
+    """presence_one (check_location's path) lists the zones the batch path lists, each once,
+    and None exactly where the lists cannot tell.
+
+    Against the batch kernel for every point (the same unsure points, the same zones), and
+    against locate(..., need_presence=...) for the points check_location asks about: those
+    locate_one settles and rejects. One zone, two and more come back by different ways (the
+    last by a second call); a zone with pieces in several tiles is listed twice by the kernel.
+    """
+    rng = np.random.default_rng(78)
+    lon, lat, acc = band_points(bundled, rng, per_zone=6)
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+    n = len(lon)
+    _, _, unsure = grid_presence(
+        lon, lat, acc, np.arange(n, dtype=np.int64), center_only, *grid._packed
+    )
+    kernel_pairs = grid.locate(  # every point: the kernel's lists, or the exact index
+        lon, lat, acc, np.zeros(n), center_only, need_presence=np.ones(n, dtype=bool)
+    )
+    batch: dict[int, list[int]] = {}
+    for p, z in zip(kernel_pairs.present_point.tolist(), kernel_pairs.present_zone.tolist(),
+                    strict=True):  # fmt: skip
+        batch.setdefault(p, []).append(z)
+    asked = 0
+    counts: set[int] = set()
+    for i in range(n):
+        x, y, a = float(lon[i]), float(lat[i]), float(acc[i])
+        one = grid.presence_one(x, y, a, center_only)
+        assert (one is None) == bool(unsure[i]), i
+        if one is None:
+            continue
+        assert one.dtype == np.int64 and one.ndim == 1, i
+        zones = one.tolist()
+        assert len(set(zones)) == len(zones), (i, zones)  # each zone once
+        counts.add(min(len(zones), 3))
+        located = grid.locate_one(x, y, a)
+        if located is not None and located[0] != KIND_CLEAR:
+            asked += 1
+            assert sorted(zones) == batch.get(i, []), (i, zones)
+    assert unsure.any() and counts == {0, 1, 2, 3} and asked > n // 4
+
+
+def test_one_point_tables_keep_their_arrays_alive() -> None:
+    """The single-point path's numba object holds the arrays it reads (numba does not count
+    references to them): it answers after its GridIndex and zone set are gone."""
+    zones = [Zone("dot", "", Category.CLINIC, shapely.Point(2.2, 48.2), radius_m=40.0)]
+    zs = _zone_set(zones, 100.0)
+    grid = zs.index
+    assert isinstance(grid, GridIndex)
+    want = grid.locate_one(2.2, 48.2, 5.0), grid.presence_one(2.2, 48.2, 5.0)
+    single = grid._single
+    assert single is not None  # bound by the first request
+    one, presence, tables = single.one, single.presence, single.tables
+    arrays = [weakref.ref(a) for a in grid._packed]
+    del zs, grid
+    gc.collect()
+    assert all(a() is not None for a in arrays)
+    assert want[0] is not None and want[0][0] == KIND_INSIDE
+    assert want[1] is not None and want[1].tolist() == [0]
+    assert one(2.2, 48.2, 5.0, tables) == (KIND_INSIDE << 32) | 1
+    assert presence(2.2, 48.2, 5.0, False, tables) == 1  # zone 0, alone
 
 
 @pytest.mark.parametrize("center_only", [False, True])

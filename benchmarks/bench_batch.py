@@ -43,6 +43,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere without installin
     sys.path.insert(0, str(REPO))
 
 from geofence.engine import Engine  # noqa: E402
+from geofence.kernels import groups  # noqa: E402
 from geofence.policy import Policy  # noqa: E402
 from geofence.reasons import Reason  # noqa: E402
 from geofence.zones import Zone, read_zones  # noqa: E402
@@ -321,9 +322,8 @@ def buffer_metric(
     key = row * 10_000 + col
     dense = shapely.segmentize(geoms, SEGMENT_DEG)
     out = np.empty(len(geoms), dtype=object)
-    for k in np.unique(key):
-        sel = np.flatnonzero(key == k)
-        r, c = divmod(int(k), 10_000)
+    for k, sel in groups(key):
+        r, c = divmod(k, 10_000)
         lon0 = -180 + (c + 0.5) * TILE_DEG
         lat0 = -90 + (r + 0.5) * TILE_DEG
         t = pyproj.Transformer.from_pipeline(

@@ -48,10 +48,11 @@ from geofence.geodesy import (
     FRAME_SLACK_M,
     FRAME_STRETCH,
     M_PER_DEG_LAT_MIN,
+    Frames,
     degree_margins,
 )
 from geofence.index import INTERIOR, KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex, Located
-from geofence.kernels import FlatParts, HashTable, find, point_distance, rings_scan
+from geofence.kernels import FlatParts, HashTable, find, groups, point_distance, rings_scan
 
 FINE_PER_DEG = 512
 COARSE_PER_DEG = 64
@@ -1076,13 +1077,12 @@ def _frames(ex: ExactIndex, lon0: F64, lat0: F64, step: float, tiles: I64) -> _F
     n = len(lon0)
     cx, cy, err, half = (np.empty(n) for _ in range(4))
     jac = np.empty((n, 4))
-    for key in np.unique(tiles):
-        sel = np.flatnonzero(tiles == key)
+    for key, sel in groups(tiles):
         lo, la = lon0[sel], lat0[sel]
         # centre, then corners SW, SE, NE, NW
         lons = np.concatenate([lo + step / 2, lo, lo + step, lo + step, lo])
         lats = np.concatenate([la + step / 2, la, la, la + step, la + step])
-        x, y = ex.frames.forward(int(key), lons, lats)
+        x, y = _forward_distinct(ex.frames, key, lons, lats)
         m = len(sel)
         x, y = x.reshape(5, m), y.reshape(5, m)
         sw, se, ne, nw = 1, 2, 3, 4
@@ -1102,6 +1102,26 @@ def _frames(ex: ExactIndex, lon0: F64, lat0: F64, step: float, tiles: I64) -> _F
         err[sel] = 2.0 * corner_err + 0.001
         half[sel] = np.hypot(x[1:] - x[0], y[1:] - y[0]).max(axis=0)
     return _Frames(lon0 + step / 2, lat0 + step / 2, cx, cy, jac, err, half)
+
+
+def _forward_distinct(frames: Frames, key: int, lon: F64, lat: F64) -> tuple[F64, F64]:
+    """`frames.forward(key, lon, lat)`, projecting each distinct (lon, lat) pair once.
+
+    Why: neighbouring cells share corners (up to four cells a corner), and projecting is most of
+    `_frames`' work. Pairs are distinct by their bits, and a point projects alone as it does in
+    a batch, so the result is bit for bit what projecting every pair gives.
+    """
+    lon_bits = np.ascontiguousarray(lon).view(np.int64)
+    lat_bits = np.ascontiguousarray(lat).view(np.int64)
+    order = np.lexsort((lat_bits, lon_bits))
+    a, b = lon_bits[order], lat_bits[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    which = np.empty(len(order), dtype=np.int64)
+    which[order] = np.cumsum(new) - 1  # each pair's distinct point
+    first = order[new]
+    x, y = frames.forward(key, lon[first], lat[first])
+    return x[which], y[which]
 
 
 def _build_coarse(ex: ExactIndex, max_accuracy_m: float, big: B) -> tuple[HashTable, F64]:

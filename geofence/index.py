@@ -29,6 +29,7 @@ from geofence.geodesy import (
     degree_margins,
     tile_key,
 )
+from geofence.kernels import groups
 
 # Polygon edges are straight in lon/lat (the GeoJSON convention). Densify them before projecting
 # so that their image in a metric frame follows the same line. A parallel of latitude curves in an
@@ -158,8 +159,9 @@ class ExactIndex:
         dense = shapely.segmentize(wgs, SEGMENT_DEG)
         interior = tiles == INTERIOR
         out[interior] = wgs[interior]
-        for key in np.unique(tiles[~interior]):
-            sel = np.flatnonzero(tiles == key)
+        for key, sel in groups(tiles):
+            if key == INTERIOR:
+                continue
             transformer = self.frames.transformer(int(key))
 
             def apply(xy: np.ndarray, t=transformer) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -181,8 +183,7 @@ class ExactIndex:
         """Distance in metres from each point to its paired zone piece (0 inside)."""
         d = np.empty(len(pts), dtype=np.float64)
         tiles = self.part_tile[parts]
-        for key in np.unique(tiles):
-            sel = np.flatnonzero(tiles == key)
+        for key, sel in groups(tiles):
             if key == INTERIOR:
                 inside = shapely.intersects(
                     self.part_geom[parts[sel]], shapely.points(lon[pts[sel]], lat[pts[sel]])

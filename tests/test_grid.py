@@ -13,11 +13,21 @@ import pyproj
 import pytest
 import shapely
 from conftest import BUNDLED_ZONES
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geofence.categories import Category
-from geofence.geodesy import FRAME_SLACK_M, FRAME_STRETCH
-from geofence.grid import LIST_M, GridIndex, grid_kernel, grid_presence
+from geofence.geodesy import FRAME_SLACK_M, FRAME_STRETCH, Frames, tile_key
+from geofence.grid import (
+    FINE_PER_DEG,
+    LIST_M,
+    GridIndex,
+    _forward_distinct,
+    grid_kernel,
+    grid_presence,
+)
 from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
+from geofence.kernels import groups
 from geofence.policy import load_policy_text
 from geofence.zones import Zone
 from geofence.zoneset import ZoneSet
@@ -319,6 +329,36 @@ def test_special_zones_go_exact() -> None:
         ref = zs.exact.locate(lon, lat, acc, np.full(n, at))
         assert np.array_equal(fast.kind, ref.kind)
     assert zs.index.stats()["forced_boxes"] >= 1  # the 45 km base is left to the exact index
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-1, 40), max_size=300), st.sampled_from([None, 259_199, 1 << 40]))
+def test_groups_equal_a_scan_per_key(values: list[int], scale: int | None) -> None:
+    """groups() gives the groups a flatnonzero scan per unique key gives, in the same order."""
+    keys = np.array(values, dtype=np.int64) * (scale or 1)
+    got = [(k, sel.tolist()) for k, sel in groups(keys)]
+    want = [(int(k), np.flatnonzero(keys == k).tolist()) for k in np.unique(keys)]
+    assert got == want
+    for _, sel in groups(keys):
+        assert sel.dtype == np.int64
+
+
+def test_projecting_distinct_corners_once_changes_no_bit() -> None:
+    """_forward_distinct equals projecting every pair: cell corners as _frames makes them."""
+    rng = np.random.default_rng(11)
+    step = 1.0 / FINE_PER_DEG
+    n = 3_000
+    lon0 = (rng.integers(0, 40, n) + 2.0 * FINE_PER_DEG + 180 * FINE_PER_DEG) * step - 180.0
+    lat0 = (rng.integers(0, 40, n) + 48.0 * FINE_PER_DEG + 90 * FINE_PER_DEG) * step - 90.0
+    lons = np.concatenate([lon0 + step / 2, lon0, lon0 + step, lon0 + step, lon0])
+    lats = np.concatenate([lat0 + step / 2, lat0, lat0, lat0 + step, lat0 + step])
+    frames = Frames()
+    key = int(tile_key(lon0[0], lat0[0]))
+    x, y = _forward_distinct(frames, key, lons, lats)
+    ref_x, ref_y = frames.forward(key, lons, lats)
+    assert x.tobytes() == ref_x.tobytes()
+    assert y.tobytes() == ref_y.tobytes()
+    assert len(np.unique(lons + 1j * lats)) < len(lons) / 2  # corners were shared
 
 
 @pytest.mark.extended

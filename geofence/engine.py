@@ -144,16 +144,19 @@ class Engine:
     ) -> Decision:
         """Decide one location-triggered request. Never raises."""
         zs = self._zs
-
-        def decide() -> Decision:
+        # _guarded's work written out: the closure it takes (eight captured variables) and the
+        # extra calls cost about 0.5 us, a quarter of a clear request.
+        try:
             decision = self._single(zs, lat, lon, accuracy_m, device_id, at, source)
             if decision is None:
                 decision = self._batch(
                     zs, [lat], [lon], [accuracy_m], [device_id], [at], [source], record=True
                 ).decision(0)
-            return decision
-
-        return self._guarded(zs, "check_location", decide, device_id, at)
+        except Exception:
+            decision = _internal_error(zs, "check_location")
+        if self._audit is not None:
+            self._audit_one(decision, device_id, at)
+        return decision
 
     def _guarded(
         self, zs: ZoneSet, where: str, decide: Callable[[], Decision], device_id: Any, at: Any
@@ -162,8 +165,7 @@ class Engine:
         try:
             decision = decide()
         except Exception:
-            log.exception("internal error in %s", where)
-            decision = Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
+            decision = _internal_error(zs, where)
         if self._audit is not None:
             self._audit_one(decision, device_id, at)
         return decision
@@ -889,6 +891,12 @@ class Engine:
 _NUMBER = (float, int, np.float64)
 _PLAIN_SOURCES = (None, "gps", "user", "unknown")
 _ALLOWED: dict[str, Decision] = {}
+
+
+def _internal_error(zs: ZoneSet, where: str) -> Decision:
+    """The rejection for an exception inside a decision (logged with its traceback)."""
+    log.exception("internal error in %s", where)
+    return Decision(False, Reason.INTERNAL_ERROR, zs.version, detail="internal error")
 
 
 def _rejected(zs: ZoneSet, kind: int, z: int) -> Decision:

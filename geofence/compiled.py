@@ -989,6 +989,7 @@ def _assemble(arrays: Mapping[str, Any], jobs: dict[str, Future[Any]]) -> ZoneSe
         sub=_level(arrays, "sub", sub_table),
         coarse=coarse_table,
         coarse_clearance=arrays["coarse.clearance"],
+        max_accuracy_m=policy.requests.max_accuracy_m,
     )
     beacons = (
         BeaconRegistry(tuple(Beacon(**b) for b in meta["beacons"]))

@@ -69,6 +69,7 @@ CARRY_M = 60.0  # pieces clearer than this from a split cell only carry their cl
 MAX_CELLS_PER_PART = 20_000  # zones wider than ~20 km are left to the exact index
 MAX_SPLIT_PIECES = 12  # a mixed cell near more pieces than this stays whole (its list decides)
 SUB_PAIR_BUDGET = 6_000_000  # at most this many (subcell, piece) pairs in a zone set
+COARSE_CHUNK = 1 << 16  # coarse cells measured at a time
 
 STATE_MIXED, STATE_CLEAR, STATE_NEAR, STATE_INSIDE, STATE_SUB = 0, 1, 2, 3, 4
 
@@ -160,6 +161,7 @@ class GridIndex:
 
     def __init__(self, exact: ExactIndex, max_accuracy_m: float) -> None:
         self.exact = exact
+        self.max_accuracy_m = float(max_accuracy_m)
         self.flat = FlatParts.build(exact.part_geom)
         big = _big_parts(exact)
         self.forced = _forced_boxes(exact, big, max_accuracy_m)
@@ -177,14 +179,16 @@ class GridIndex:
         sub: Level,
         coarse: HashTable,
         coarse_clearance: F64,
+        max_accuracy_m: float,
     ) -> GridIndex:
         """A grid from tables a compiled file stores (checked by the caller), nothing rebuilt.
 
         Why: classifying cells is most of the compile time; start-up only gathers the kernel's
-        arguments.
+        arguments. max_accuracy_m: the accuracy the tables were built for (the policy's).
         """
         self = cls.__new__(cls)
         self.exact = exact
+        self.max_accuracy_m = float(max_accuracy_m)
         self.flat = flat
         self.forced = forced
         self.fine, self.sub = fine, sub
@@ -199,7 +203,9 @@ class GridIndex:
         fl = self.flat
         self._packed = (
             self.forced,
-            np.array([self.far_clearance]),
+            # Beyond max_accuracy_m (an IP fix judged as a 25 km circle, say) the forced boxes
+            # and the coarse table no longer bound anything: the kernel defers such points.
+            np.array([self.far_clearance, self.max_accuracy_m]),
             *self.fine.packed(),
             _sub_base(self.fine.state),
             *self.sub.packed()[1:],
@@ -435,7 +441,7 @@ def _grid_kernel(
     f_keys, f_slots = f_table[0], f_table[1]
     c_keys, c_slots = c_table[0], c_table[1]
     xs, ys = xy[0], xy[1]
-    far_clearance = far[0]
+    far_clearance, max_acc = far[0], far[1]
     n_forced = forced.shape[0]
     for i in range(len(lon)):
         a = acc[i]
@@ -448,7 +454,7 @@ def _grid_kernel(
         for k in range(n_forced):
             if forced[k, 0] <= x <= forced[k, 2] and forced[k, 1] <= y <= forced[k, 3]:
                 forced_here = True
-        if forced_here:
+        if forced_here or not a <= max_acc:
             out_todo[i] = True
             continue
         row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
@@ -826,8 +832,11 @@ def _forced_boxes(ex: ExactIndex, big: B, max_accuracy_m: float) -> F64:
     return np.ascontiguousarray(_with_antimeridian_twins(boxes), dtype=np.float64).reshape(-1, 4)
 
 
-def _with_antimeridian_twins(boxes: F64) -> F64:
-    east, west = boxes[:, 2] > 180.0, boxes[:, 0] < -180.0
+def _with_antimeridian_twins(boxes: F64, margin_lon: F64 | float = 0.0) -> F64:
+    """The boxes, and a copy shifted by 360 degrees of each that comes within margin_lon of the
+    antimeridian: a cell or point on the far side within the margin then measures its distance
+    to the near copy, not round the globe."""
+    east, west = boxes[:, 2] + margin_lon > 180.0, boxes[:, 0] - margin_lon < -180.0
     shift = np.array([360.0, 0.0, 360.0, 0.0])
     return np.concatenate([boxes, boxes[east] - shift, boxes[west] + shift])
 
@@ -1124,11 +1133,12 @@ def _forward_distinct(frames: Frames, key: int, lon: F64, lat: F64) -> tuple[F64
     return x[which], y[which]
 
 
-def _build_coarse(ex: ExactIndex, max_accuracy_m: float, big: B) -> tuple[HashTable, F64]:
-    """Lower bounds of the clearance in coarse cells up to max_accuracy_m from any reach."""
-    parts = np.flatnonzero(~big)
-    if parts.size == 0:
-        return HashTable(np.empty(0, dtype=np.int64)), np.empty(0)
+def coarse_reach(
+    ex: ExactIndex, parts: I64, max_accuracy_m: float
+) -> tuple[F64, tuple[I64, I64, I64, I64]]:
+    """The pieces' reach boxes (with antimeridian twins within the margin) and the coarse
+    rows and columns (first and last, columns unwrapped) of the boxes widened by the margin,
+    max_accuracy_m + 1 km."""
     b = ex.part_bounds[parts]
     pz = ex.part_zone[parts]
     abs_lat = np.maximum(np.abs(b[:, 1]), np.abs(b[:, 3]))
@@ -1139,26 +1149,105 @@ def _build_coarse(ex: ExactIndex, max_accuracy_m: float, big: B) -> tuple[HashTa
     r1 = np.clip(np.floor((boxes[:, 3] + mlat + 90.0) * COARSE_PER_DEG), 0, COARSE_ROWS - 1)
     c0 = np.floor((boxes[:, 0] - mlon + 180.0) * COARSE_PER_DEG)
     c1 = np.floor((boxes[:, 2] + mlon + 180.0) * COARSE_PER_DEG)
-    _, key = _cells_of_boxes(
-        r0.astype(np.int64),
-        r1.astype(np.int64),
-        c0.astype(np.int64),
-        c1.astype(np.int64),
-        COARSE_COLS,
-    )
-    keys = np.unique(key)
-    step = 1.0 / COARSE_PER_DEG
-    lat0 = (keys // COARSE_COLS) * step - 90.0
-    lon0 = (keys % COARSE_COLS) * step - 180.0
-    twins = _with_antimeridian_twins(boxes)
+    r0i, r1i, c0i, c1i = (v.astype(np.int64) for v in (r0, r1, c0, c1))
+    return _with_antimeridian_twins(boxes, mlon), (r0i, r1i, c0i, c1i)
+
+
+def _build_coarse(ex: ExactIndex, max_accuracy_m: float, big: B) -> tuple[HashTable, F64]:
+    """Lower bounds of the clearance in coarse cells up to max_accuracy_m from any reach.
+
+    The cells are those of every piece's reach box widened by max_accuracy_m + 1 km; a point in
+    any other cell is allowed by the kernel without a look, so the set must never shrink. They
+    are marked in a bitmap rather than listed per (piece, cell) pair, which at 1M zones was
+    ~240M pairs and gigabytes, and their clearances are measured a chunk at a time, so memory
+    stays O(pieces + cells), not O(pairs). Same cells and values as listing every pair.
+    """
+    parts = np.flatnonzero(~big)
+    if parts.size == 0:
+        return HashTable(np.empty(0, dtype=np.int64)), np.empty(0)
+    twins, (r0, r1, c0, c1) = coarse_reach(ex, parts, max_accuracy_m)
+    keys = _coarse_keys(r0, r1, c0, c1)
+    # Per-piece arrays (~100 MB at 1M zones) are not needed while the tree and cells are alive.
+    del r0, r1, c0, c1
     tree = shapely.STRtree(np.asarray(shapely.box(*twins.T), dtype=object))
-    cells = shapely.box(lon0, lat0, lon0 + step, lat0 + step)
-    _, dist_deg = tree.query_nearest(cells, return_distance=True, all_matches=False)
-    # Euclidean degrees to metres, as a lower bound: the fewest metres per degree anywhere in the
-    # cell (longitude at its poleward edge), less a percent.
-    worst = np.minimum(np.maximum(np.abs(lat0), np.abs(lat0 + step)) + 0.01, 90.0)
-    scale = np.minimum(M_PER_DEG_LAT_MIN, 111_319.0 * np.cos(np.radians(worst))) / 1.01
-    return HashTable(keys), dist_deg * scale - 1.0
+    step = 1.0 / COARSE_PER_DEG
+    clearance = np.empty(len(keys), dtype=np.float64)
+    # A chunk's cells as shapely boxes cost ~0.2 KB each: 64k of them are ~13 MB, where all of
+    # them at once were hundreds of MB at 1M zones. Each cell's nearest distance is its own, so
+    # chunking changes no value.
+    for start in range(0, len(keys), COARSE_CHUNK):
+        k = keys[start : start + COARSE_CHUNK]
+        lat0 = (k // COARSE_COLS) * step - 90.0
+        lon0 = (k % COARSE_COLS) * step - 180.0
+        cells = shapely.box(lon0, lat0, lon0 + step, lat0 + step)
+        _, dist_deg = tree.query_nearest(cells, return_distance=True, all_matches=False)
+        # Euclidean degrees to metres, as a lower bound: the fewest metres per degree anywhere in
+        # the cell (longitude at its poleward edge), less a percent.
+        worst = np.minimum(np.maximum(np.abs(lat0), np.abs(lat0 + step)) + 0.01, 90.0)
+        scale = np.minimum(M_PER_DEG_LAT_MIN, 111_319.0 * np.cos(np.radians(worst))) / 1.01
+        clearance[start : start + len(k)] = dist_deg * scale - 1.0
+    return HashTable(keys), clearance
+
+
+def _coarse_keys(r0: I64, r1: I64, c0: I64, c1: I64) -> I64:
+    """The sorted keys of the coarse cells in any of the boxes rows r0..r1 x columns c0..c1.
+
+    Columns wrap at the antimeridian. Why a bitmap: it is 1 bit a cell over the rows in use (at
+    most 33 MB for the whole globe) whatever the boxes' overlap, where listing every (box, cell)
+    pair and taking np.unique held ~50 pairs per distinct cell, 8 bytes each, several times over.
+    """
+    if len(r0) == 0:
+        return np.empty(0, dtype=np.int64)
+    row0 = int(r0.min())
+    words = np.zeros((int(r1.max()) - row0 + 1, COARSE_COLS // 64), dtype=np.uint64)
+    _mark_boxes(r0 - row0, r1 - row0, c0, c1, words)
+    return _marked_keys(words, row0)
+
+
+@numba.njit(cache=True)
+def _mark_boxes(r0: I64, r1: I64, c0: I64, c1: I64, words: npt.NDArray[np.uint64]) -> None:
+    """Set the bit of every cell of every box: row r's column c is bit c % 64 of word c // 64."""
+    n_cols = words.shape[1] * 64
+    one = np.uint64(1)
+    for i in range(len(r0)):
+        width = c1[i] - c0[i] + 1
+        for r in range(r0[i], r1[i] + 1):
+            line = words[r]
+            if width >= n_cols:  # the box goes round the globe (near the poles): every column
+                line[:] = ~np.uint64(0)
+                continue
+            for c in range(c0[i], c1[i] + 1):
+                col = c % n_cols
+                if col < 0:  # numba follows Python's modulo; this is only a guard
+                    col += n_cols
+                line[col >> 6] |= one << np.uint64(col & 63)
+
+
+@numba.njit(cache=True)
+def _marked_keys(words: npt.NDArray[np.uint64], row0: int) -> I64:
+    """The keys (row * COARSE_COLS + column) of the set bits, ascending: row by row, then by
+    column, which is key order."""
+    n_words = words.shape[1]
+    n = 0
+    for r in range(words.shape[0]):
+        for w in range(n_words):
+            v = words[r, w]
+            while v:
+                v &= v - np.uint64(1)
+                n += 1
+    out = np.empty(n, dtype=np.int64)
+    j = 0
+    for r in range(words.shape[0]):
+        base = (row0 + r) * COARSE_COLS
+        for w in range(n_words):
+            v = words[r, w]
+            if v == 0:
+                continue
+            for bit in range(64):
+                if (v >> np.uint64(bit)) & np.uint64(1):
+                    out[j] = base + w * 64 + bit
+                    j += 1
+    return out
 
 
 def _cells_of_boxes(r0: I64, r1: I64, c0: I64, c1: I64, n_cols: int) -> tuple[I64, I64]:

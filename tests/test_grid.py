@@ -17,18 +17,34 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofence.categories import Category
-from geofence.geodesy import FRAME_SLACK_M, FRAME_STRETCH, Frames, tile_key
+from geofence.engine import Engine
+from geofence.geodesy import (
+    FRAME_SLACK_M,
+    FRAME_STRETCH,
+    M_PER_DEG_LAT_MIN,
+    Frames,
+    tile_key,
+)
 from geofence.grid import (
+    COARSE_COLS,
+    COARSE_PER_DEG,
+    COARSE_ROWS,
     FINE_PER_DEG,
     LIST_M,
     GridIndex,
+    _big_parts,
+    _build_coarse,
+    _cells_of_boxes,
+    _coarse_keys,
     _forward_distinct,
+    coarse_reach,
     grid_kernel,
     grid_presence,
 )
 from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
 from geofence.kernels import groups
 from geofence.policy import load_policy_text
+from geofence.reasons import Reason
 from geofence.zones import Zone
 from geofence.zoneset import ZoneSet
 
@@ -374,3 +390,202 @@ def test_grid_equals_exact_a_million_band_points(shared_data: Path) -> None:
     assert isinstance(zs.index, GridIndex)
     assert_grid_matches_exact(zs.index, zs.exact, lon, lat, acc)
 
+
+# --- the coarse table --------------------------------------------------------------------------
+
+
+def _build_coarse_pairwise(
+    ex: ExactIndex, max_accuracy_m: float, big: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The coarse table as it was built before the bitmap: every (piece, cell) pair listed, then
+    np.unique, and all cells measured at once. Kept as the reference the new build must equal."""
+    twins, (r0, r1, c0, c1) = coarse_reach(ex, np.flatnonzero(~big), max_accuracy_m)
+    _, key = _cells_of_boxes(r0, r1, c0, c1, COARSE_COLS)
+    keys = np.unique(key)
+    step = 1.0 / COARSE_PER_DEG
+    lat0 = (keys // COARSE_COLS) * step - 90.0
+    lon0 = (keys % COARSE_COLS) * step - 180.0
+    tree = shapely.STRtree(np.asarray(shapely.box(*twins.T), dtype=object))
+    cells = shapely.box(lon0, lat0, lon0 + step, lat0 + step)
+    _, dist_deg = tree.query_nearest(cells, return_distance=True, all_matches=False)
+    worst = np.minimum(np.maximum(np.abs(lat0), np.abs(lat0 + step)) + 0.01, 90.0)
+    scale = np.minimum(M_PER_DEG_LAT_MIN, 111_319.0 * np.cos(np.radians(worst))) / 1.01
+    return keys, dist_deg * scale - 1.0
+
+
+def _edge_zone_set() -> ZoneSet:
+    """Zones by the antimeridian, far north and far south, where boxes wrap or span the globe."""
+    zones = [
+        Zone("east", "", Category.CLINIC, shapely.box(179.95, -16.80, 179.999, -16.79)),
+        Zone("west", "", Category.CLINIC, shapely.box(-179.999, -16.70, -179.98, -16.69)),
+        Zone("north", "", Category.SCHOOL_CHILDCARE, shapely.box(20.0, 84.90, 20.01, 84.905)),
+        Zone("dot", "", Category.CLINIC, shapely.Point(179.9, 10.0), radius_m=40.0),
+        Zone("paris", "", Category.COURT, shapely.box(2.35, 48.85, 2.352, 48.851)),
+    ]
+    return _zone_set(zones, 300.0)
+
+
+def test_coarse_keys_equal_every_pair_listed() -> None:
+    """The bitmap marks the same cells as listing every (box, cell) pair, wraps included."""
+    rng = np.random.default_rng(11)
+    n = 3000
+    r0 = rng.integers(0, COARSE_ROWS, n)
+    r1 = np.minimum(r0 + rng.integers(0, 30, n), COARSE_ROWS - 1)
+    c0 = rng.integers(-2 * COARSE_PER_DEG, COARSE_COLS + COARSE_PER_DEG, n)
+    width = rng.integers(1, 40, n)
+    width[:5] = [COARSE_COLS - 1, COARSE_COLS, COARSE_COLS + 1, 2 * COARSE_COLS + 7, 64]
+    c1 = c0 + width - 1
+    r0[:3], r1[:3] = 0, [0, 3, 1]
+    r0[5:8], r1[5:8] = [0, COARSE_ROWS - 5, 0], COARSE_ROWS - 1  # width < 40: few pairs
+    got = _coarse_keys(r0, r1, c0, c1)
+    assert np.array_equal(got, np.unique(_cells_of_boxes(r0, r1, c0, c1, COARSE_COLS)[1]))
+    assert len(_coarse_keys(r0[:0], r1[:0], c0[:0], c1[:0])) == 0
+
+
+@pytest.mark.parametrize("which", ["bundled", "edges"])
+def test_coarse_table_equals_the_pairwise_build(
+    bundled: ZoneSet, which: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same cells, same clearances, bit for bit, as the pairwise build the bitmap replaced."""
+    zs = bundled if which == "bundled" else _edge_zone_set()
+    ex = zs.exact
+    big = _big_parts(ex)
+    max_acc = zs.policy.requests.max_accuracy_m
+    keys, clearance = _build_coarse_pairwise(ex, max_acc, big)
+    assert isinstance(zs.index, GridIndex)
+    assert np.array_equal(zs.index.coarse.slot_keys(), keys)
+    assert zs.index.coarse_clearance.tobytes() == clearance.tobytes()
+    # And with a chunk smaller than the table, so chunk borders are crossed.
+    monkeypatch.setattr("geofence.grid.COARSE_CHUNK", 1000)
+    table, chunked = _build_coarse(ex, max_acc, big)
+    assert np.array_equal(table.slot_keys(), keys)
+    assert chunked.tobytes() == clearance.tobytes()
+
+
+@pytest.mark.parametrize("which", ["bundled", "edges"])
+def test_coarse_clearance_is_below_every_true_distance(bundled: ZoneSet, which: str) -> None:
+    """Oracle: anywhere in a coarse cell that clears anything (clearance >= 0), every zone's
+    reach is at least the clearance away, and the exact index clears a point there whose
+    accuracy is the clearance.
+
+    Distances are the exact index's, in each piece's tile frame: true near the tile, distorted
+    hundreds of km away, so they are compared only below 50 km (clearances are below ~15 km but
+    for cells in rows that span the globe near a pole); the exact index is asked up to 30 km,
+    past any accuracy the engine passes (max_accuracy_m, or an IP circle of 25 km)."""
+    zs = bundled if which == "bundled" else _edge_zone_set()
+    ex = zs.exact
+    assert isinstance(zs.index, GridIndex)
+    keys = zs.index.coarse.slot_keys()
+    clearance = zs.index.coarse_clearance
+    rng = np.random.default_rng(7)
+    n = 1500
+    # Half of the cells anywhere, half among those that clear less than 30 km (the edge set's
+    # polar rows are mostly far from every zone).
+    close = np.flatnonzero(clearance < 30_000.0)
+    pick = np.concatenate([rng.integers(0, len(keys), n // 2), rng.choice(close, n - n // 2)])
+    step = 1.0 / COARSE_PER_DEG
+    # Corners and edges of cells as well as their insides: the bound is for every point.
+    u = np.where(rng.random((2, n)) < 0.6, rng.random((2, n)), rng.choice([0.0, 1.0], (2, n)))
+    lon = (keys[pick] % COARSE_COLS) * step - 180.0 + u[0] * step * (1 - 1e-12)
+    lat = (keys[pick] // COARSE_COLS) * step - 90.0 + u[1] * step * (1 - 1e-12)
+    c = clearance[pick]
+    parts = np.flatnonzero(~_big_parts(ex))
+    pts, prt = np.repeat(np.arange(n), len(parts)), np.tile(parts, n)
+    z = ex.part_zone[prt]
+    margin = ex.distances(lon, lat, pts, prt) - ex.radius_m[z] - ex.buffer_m[z]
+    worst = np.full(n, np.inf)
+    np.minimum.at(worst, pts, margin)
+    checked = (c >= 0.0) & (worst < 50_000.0)
+    assert checked.sum() > n // 4
+    bad = checked & (c > worst)
+    assert not bad.any(), f"clearance above the true distance at {bad.sum()} points"
+    ok = c >= 0.0
+    acc = np.minimum(c[ok], 30_000.0)
+    ref = ex.locate(lon[ok], lat[ok], acc, np.zeros(int(ok.sum())))
+    assert np.all(ref.kind == KIND_CLEAR)
+
+
+def test_points_outside_the_coarse_table_are_clear_at_max_accuracy(bundled: ZoneSet) -> None:
+    """The kernel allows a point in a coarse cell the table lacks (and no fine cell stores)
+    at any accuracy: the exact index must agree at max_accuracy_m in the cells just outside."""
+    zs = bundled.index
+    assert isinstance(zs, GridIndex)
+    keys = zs.coarse.slot_keys()
+    rows, cols = keys // COARSE_COLS, keys % COARSE_COLS
+    ring = np.unique(
+        np.concatenate(
+            [(rows + dr) * COARSE_COLS + (cols + dc) % COARSE_COLS for dr in (-1, 0, 1)
+             for dc in (-1, 0, 1)]
+        )
+    )  # fmt: skip
+    ring = np.setdiff1d(ring, keys)
+    assert ring.size > 0
+    rng = np.random.default_rng(9)
+    n = 20_000
+    pick = rng.integers(0, len(ring), n)
+    step = 1.0 / COARSE_PER_DEG
+    lon = (ring[pick] % COARSE_COLS + rng.random(n)) * step - 180.0
+    lat = (ring[pick] // COARSE_COLS + rng.random(n)) * step - 90.0
+    acc = np.full(n, bundled.policy.requests.max_accuracy_m)
+    ref = bundled.exact.locate(lon, lat, acc, np.zeros(n))
+    assert np.all(ref.kind == KIND_CLEAR)
+    # And the grid answers like the exact index at every accuracy up to the largest, in the
+    # table's cells and just outside them.
+    inside = rng.integers(0, len(keys), n)
+    lon2 = (keys[inside] % COARSE_COLS + rng.random(n)) * step - 180.0
+    lat2 = (keys[inside] // COARSE_COLS + rng.random(n)) * step - 90.0
+    acc2 = rng.uniform(0.0, bundled.policy.requests.max_accuracy_m, 2 * n)
+    assert_grid_matches_exact(
+        zs, bundled.exact, np.concatenate([lon, lon2]), np.concatenate([lat, lat2]), acc2
+    )
+
+
+def test_circles_wider_than_the_tables_were_built_for_go_exact(tmp_path: Path) -> None:
+    """An IP fix judged as a circle (ip_accuracy_m 25 km) exceeds max_accuracy_m (10 km), for
+    which the coarse table and forced boxes were built: the grid must not clear it, compiled or
+    loaded from a .gfz, and the engine rejects it near a zone, small or wide."""
+    policy = load_policy_text(
+        'pack = "none"\n[defaults]\nbuffer_m = 100\nlookback_days = 30\n'
+        '[requests]\nip_location = "circle"\n',
+        "<t>",
+    )
+    assert policy.requests.ip_accuracy_m > policy.requests.max_accuracy_m
+    zones = [
+        Zone("clinic", "", Category.CLINIC, shapely.box(2.0, 48.0, 2.001, 48.001)),
+        # Wide enough for forced boxes (over 20 km), whose margin is max_accuracy_m.
+        Zone("wide", "", Category.SCHOOL_CHILDCARE, shapely.box(1.0, 47.0, 1.4, 47.3)),
+    ]
+    zs = ZoneSet.compile(zones, policy, "t")
+    east = np.array([15_000.0, 20_000.0, 24_000.0, 40_000.0])
+    lon = np.append(2.0005 + east / (111_320 * np.cos(np.radians(48.0))), 1.2)
+    lat = np.append(np.full(len(east), 48.0005), 47.3 + 15_000 / 111_000)  # 15 km north of wide
+    acc, at = np.full(len(lon), policy.requests.ip_accuracy_m), np.zeros(len(lon))
+    want = zs.exact.locate(lon, lat, acc, at).kind
+    assert want.tolist() == [KIND_NEAR, KIND_NEAR, KIND_NEAR, KIND_CLEAR, KIND_NEAR]
+    assert zs.index.locate(lon, lat, acc, at).kind.tolist() == want.tolist()
+    engine = Engine(zs)
+    engine.save(tmp_path / "z.gfz")
+    loaded = Engine.load(tmp_path / "z.gfz")
+    for e in (engine, loaded):
+        got = [e.check_location(a, o, source="ip").reason for a, o in zip(lat, lon, strict=True)]
+        near, allowed = Reason.NEAR_ZONE, Reason.ALLOWED
+        assert got == [near, near, near, allowed, near]
+        assert e.zone_set.index.locate(lon, lat, acc, at).kind.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("side", [1.0, -1.0])
+def test_circles_across_the_antimeridian_reach_zones_on_the_other_side(side: float) -> None:
+    """A zone at 179.94-179.95 E (Taveuni, Fiji) and fixes at 179.99 W: a 9 km circle reaches it
+    across the antimeridian (about 6.3 km beyond its 100 m buffer), a 6 km one does not; the
+    mirror image likewise. Exact and grid agree."""
+    zone = shapely.box(side * 179.94, -16.801, side * 179.95, -16.8)
+    zs = _zone_set([Zone("taveuni", "", Category.CLINIC, zone)], 100.0)
+    lon = np.array([-179.99, -179.99, 179.99, -179.9999]) * side
+    lat = np.full(len(lon), -16.8)
+    acc, at = np.array([9000.0, 6000.0, 9000.0, 7000.0]), np.zeros(len(lon))
+    want = [KIND_NEAR, KIND_CLEAR, KIND_NEAR, KIND_NEAR]
+    assert zs.exact.locate(lon, lat, acc, at).kind.tolist() == want
+    assert zs.index.locate(lon, lat, acc, at).kind.tolist() == want
+    for i in range(len(lon)):
+        engine_reason = Engine(zs).check_location(lat[i], lon[i], acc[i]).reason
+        assert engine_reason is (Reason.ALLOWED if want[i] == KIND_CLEAR else Reason.NEAR_ZONE)

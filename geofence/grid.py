@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numba
 import numpy as np
@@ -70,6 +70,8 @@ MAX_CELLS_PER_PART = 20_000  # zones wider than ~20 km are left to the exact ind
 MAX_SPLIT_PIECES = 12  # a mixed cell near more pieces than this stays whole (its list decides)
 SUB_PAIR_BUDGET = 6_000_000  # at most this many (subcell, piece) pairs in a zone set
 COARSE_CHUNK = 1 << 16  # coarse cells measured at a time
+CHUNK_PAIRS = 1 << 20  # (cell, piece) pairs classified at a time (~400 MB of work arrays)
+_TILE_SPAN = np.int64(1 << 20)  # (cell, tile) keys: cell * _TILE_SPAN + tile (tiles < 259,200)
 
 STATE_MIXED, STATE_CLEAR, STATE_NEAR, STATE_INSIDE, STATE_SUB = 0, 1, 2, 3, 4
 
@@ -78,6 +80,7 @@ I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 I32 = npt.NDArray[np.int32]
 B = npt.NDArray[np.bool_]
+_A = TypeVar("_A", bound=npt.NDArray[Any])
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -842,7 +845,11 @@ def _with_antimeridian_twins(boxes: F64, margin_lon: F64 | float = 0.0) -> F64:
 
 
 def _build_levels(ex: ExactIndex, flat: FlatParts, big: B) -> tuple[Level, Level]:
-    """Classify fine cells within reach + FAR_M of every (not big) piece; split mixed ones."""
+    """Classify fine cells within reach + FAR_M of every (not big) piece; split mixed ones.
+
+    Why two phases, each in chunks: the fine phase hands the sub phase only what the split cells
+    need (`_Split`), so neither phase's work arrays grow with the zone count, only the levels.
+    """
     parts = np.flatnonzero(~big)
     pz = ex.part_zone[parts]
     reach = ex.radius_m[pz] + ex.buffer_m[pz]
@@ -852,68 +859,267 @@ def _build_levels(ex: ExactIndex, flat: FlatParts, big: B) -> tuple[Level, Level
     r1 = np.clip(np.floor((b[:, 3] + dlat + 90.0) * FINE_PER_DEG), 0, FINE_ROWS - 1)
     c0 = np.floor((b[:, 0] - dlon + 180.0) * FINE_PER_DEG)
     c1 = np.floor((b[:, 2] + dlon + 180.0) * FINE_PER_DEG)
-    box, pair_key = _cells_of_boxes(
-        r0.astype(np.int64),
-        r1.astype(np.int64),
-        c0.astype(np.int64),
-        c1.astype(np.int64),
-        FINE_COLS,
-    )
-    pair_part = parts[box]
-    keys, cell_of_pair = np.unique(pair_key, return_inverse=True)
-    temporary = ~(np.isneginf(ex.valid_from) & np.isposinf(ex.valid_until))
-    timed_pair = temporary[ex.part_zone[pair_part]]
-    fine, clear_pair, fine_frames = _classify(
-        ex,
-        flat,
-        keys,
-        FINE_PER_DEG,
-        FINE_COLS,
-        cell_of_pair,
-        pair_part,
-        timed_pair,
-        np.full(len(keys), FAR_M - 1.0),
-    )
+    rows_cols = (
+        r0.astype(np.int64), r1.astype(np.int64), c0.astype(np.int64), c1.astype(np.int64)
+    )  # fmt: skip
+    del pz, reach, b, dlon, dlat, r0, r1, c0, c1
+    fine, split = _fine_level(ex, flat, parts, rows_cols)
+    sub = _sub_level(ex, flat, fine, split)
+    fine.ints[split.cell, 0] = STATE_SUB
+    return fine, sub
 
-    # Mixed fine cells without temporary zones are split; only pieces that could matter are
-    # measured again, the others carry their clearance down to the subcells.
-    # Splitting is only a speed-up (a mixed fine cell keeps its own list): cells with few
-    # relevant pieces go first, and the subcell pairs stay within a fixed budget, so dense
-    # cities cannot blow up compile time and memory.
-    timed_cell = _any_per_cell(cell_of_pair, timed_pair, len(keys))
-    mixed = (fine.state == STATE_MIXED) & ~timed_cell
-    near_enough = clear_pair < CARRY_M
-    n_relevant = np.bincount(cell_of_pair[near_enough], minlength=len(keys))
-    candidates = np.flatnonzero(mixed & (n_relevant <= MAX_SPLIT_PIECES))
-    candidates = candidates[np.argsort(n_relevant[candidates], kind="stable")]
-    within_budget = np.cumsum(n_relevant[candidates]) * SUB * SUB <= SUB_PAIR_BUDGET
-    split = np.sort(candidates[within_budget])
-    is_split = np.zeros(len(keys), dtype=bool)
-    is_split[split] = True
-    relevant = is_split[cell_of_pair] & near_enough
-    carried = np.full(len(keys), FAR_M - 1.0)
-    far = is_split[cell_of_pair] & ~relevant
-    np.minimum.at(carried, cell_of_pair[far], clear_pair[far])
+
+def _sub_level(ex: ExactIndex, flat: FlatParts, fine: Level, split: _Split) -> Level:
+    """The subcells of the split cells, classified against the pieces that could matter to
+    them; the others only carry their clearance down (_fine_level measured both).
+
+    Why in chunks of split cells (CHUNK_PAIRS subcell pairs each): the budget allows 6M subcell
+    pairs, ~2.4 GB of work arrays at once. A subcell's pairs are all its parent's, so each
+    subcell is classified whole, in the same order: the same level, bit for bit.
+    """
     n_child = SUB * SUB
     k = np.arange(n_child)
-    child_keys = child_keys_of(keys[split])
-    j_of_cell = np.full(len(keys), -1, dtype=np.int64)
-    j_of_cell[split] = np.arange(len(split))
-    child_of_pair = (j_of_cell[cell_of_pair[relevant]][:, None] * n_child + k).ravel()
-    sub, _, _ = _classify(
-        ex,
-        flat,
-        child_keys.ravel(),
-        SUB_PER_DEG,
-        SUB_COLS,
-        child_of_pair,
-        np.repeat(pair_part[relevant], n_child),
-        np.zeros(len(child_of_pair), dtype=bool),
-        np.repeat(carried[split], n_child),
-        parent=(fine_frames[0], fine_frames[1], np.repeat(split, n_child)),
+    # Each split cell's (cell, tile) frames, by key, and their index among the fine level's.
+    combo_keys, first = np.unique(
+        np.repeat(split.cell, split.n_relevant) * _TILE_SPAN + ex.part_tile[split.pair_part],
+        return_index=True,
     )
-    fine.ints[split, 0] = STATE_SUB
-    return fine, sub
+    parent_index = split.pair_combo[first]
+    pair_start = np.concatenate([[0], np.cumsum(split.n_relevant)])
+    out = _Chunks(own_frames=False)
+    a = 0
+    while True:
+        # Split cells a..b-1: at most CHUNK_PAIRS subcell pairs (at least one cell).
+        b = int(np.searchsorted(pair_start, pair_start[a] + CHUNK_PAIRS // n_child, "right")) - 1
+        b = min(max(b, a + 1), len(split.cell))
+        p0, p1 = pair_start[a], pair_start[b]
+        j_of_pair = np.repeat(np.arange(b - a), split.n_relevant[a:b])
+        child_of_pair = (j_of_pair[:, None] * n_child + k).ravel()
+        level, _, _ = _classify(
+            ex,
+            flat,
+            child_keys_of(split.key[a:b]).ravel(),
+            SUB_PER_DEG,
+            SUB_COLS,
+            child_of_pair,
+            np.repeat(split.pair_part[p0:p1], n_child),
+            np.zeros(len(child_of_pair), dtype=bool),
+            np.repeat(split.carried[a:b], n_child),
+            parent=(combo_keys, parent_index, fine.combos, np.repeat(split.cell[a:b], n_child)),
+        )
+        out.add(level)
+        del level, j_of_pair, child_of_pair
+        a = b
+        if a >= len(split.cell):
+            break
+    return out.level(HashTable(np.empty(0, dtype=np.int64)))
+
+
+class _Chunks:
+    """A level's packed arrays, chunk by chunk of cells, until they are joined.
+
+    Each chunk's list offsets (and, for a level with its own frames, its entries' frame
+    indexes) are moved to the whole level's as it is added.
+    """
+
+    def __init__(self, own_frames: bool) -> None:
+        self.own_frames = own_frames
+        self.ints: list[I32] = []
+        self.floats: list[F64] = []
+        self.entries: list[I32] = []
+        self.combos: list[F64] = []
+        self.n_entries = self.n_combos = 0
+
+    def add(self, level: Level) -> None:
+        n_entries = self.n_entries + len(level.entries)
+        n_combos = self.n_combos + len(level.combos)
+        if n_entries >= 2**31 or n_combos >= 2**31:
+            raise OverflowError("a level with 2**31 list entries or frames: beyond int32")
+        level.ints[:, 3:5] += np.int32(self.n_entries)
+        if self.own_frames:
+            level.entries[:, 1] += np.int32(self.n_combos)
+        self.ints.append(level.ints)
+        self.floats.append(level.floats)
+        self.entries.append(level.entries)
+        self.combos.append(level.combos)
+        self.n_entries, self.n_combos = n_entries, n_combos
+
+    def level(self, table: HashTable) -> Level:
+        """The joined level (the chunks are let go as they are copied)."""
+        return Level(
+            table,
+            _drain(self.ints),
+            _drain(self.floats),
+            _drain(self.entries),
+            _drain(self.combos),
+        )
+
+
+class _Split(NamedTuple):
+    """The fine cells to split, ascending, and what their subcells need of the fine phase.
+
+    Per cell: its index in the fine level, key, number of relevant pieces (clearance below
+    CARRY_M) and carried clearance (the least of the other pieces', at most FAR_M - 1). Per
+    relevant (cell, piece) pair, cell by cell in the order the cell met them: the piece and the
+    index of its (cell, tile) frame in the fine level.
+    """
+
+    cell: I64
+    key: I64
+    n_relevant: I64
+    carried: F64
+    pair_part: I64
+    pair_combo: I64
+
+
+def _fine_level(
+    ex: ExactIndex, flat: FlatParts, parts: I64, rows_cols: tuple[I64, I64, I64, I64]
+) -> tuple[Level, _Split]:
+    """The fine level of the pieces' boxes (fine rows r0..r1, columns c0..c1), and the cells
+    to split.
+
+    Why in chunks: every (cell, piece) pair costs ~400 bytes of work arrays while it is
+    classified, ~12 GB at 1M zones, where the level itself keeps ~100 bytes a cell. Chunks are
+    runs of whole fine rows (contiguous key ranges, so the keys stay sorted), of about
+    CHUNK_PAIRS pairs; each one's pairs, frames and distances are freed before the next.
+    Every cell sees its pairs in the same order as when all are classified at once (by piece),
+    and all work is per pair or per cell, so the level is bit for bit the same.
+    """
+    r0, r1, c0, c1 = rows_cols
+    temporary = ~(np.isneginf(ex.valid_from) & np.isposinf(ex.valid_until))
+    # Pairs per fine row, to cut the rows into chunks of about CHUNK_PAIRS pairs.
+    width = c1 - c0 + 1
+    change = np.zeros(FINE_ROWS + 1, dtype=np.int64)
+    np.add.at(change, r0, width)
+    np.add.at(change, r1 + 1, -width)
+    up_to_row = np.cumsum(np.cumsum(change[:-1]))  # pairs in rows 0..i
+    del change, width
+    bounds = [0, 0] if len(r0) == 0 else [int(r0.min()), int(r1.max()) + 1]
+    keys_out: list[I64] = []
+    out = _Chunks(own_frames=True)
+    kept: list[_Split] = []
+    n_cells = 0
+    row = bounds[0]
+    while True:
+        before = int(up_to_row[row - 1]) if row > 0 else 0
+        stop = int(np.searchsorted(up_to_row, before + CHUNK_PAIRS, side="right"))
+        stop = min(max(stop, row + 1), bounds[1])
+        near = np.flatnonzero((r0 < stop) & (r1 >= row))
+        box, pair_key = _cells_of_boxes(
+            np.maximum(r0[near], row), np.minimum(r1[near], stop - 1), c0[near], c1[near],
+            FINE_COLS,
+        )  # fmt: skip
+        pair_part = parts[near][box]
+        del box, near
+        keys, cell_of_pair = np.unique(pair_key, return_inverse=True)
+        del pair_key
+        timed_pair = temporary[ex.part_zone[pair_part]]
+        level, clear_pair, pair_combo = _classify(
+            ex,
+            flat,
+            keys,
+            FINE_PER_DEG,
+            FINE_COLS,
+            cell_of_pair,
+            pair_part,
+            timed_pair,
+            np.full(len(keys), FAR_M - 1.0),
+        )
+        kept.append(
+            _split_candidates(
+                level, keys, cell_of_pair, pair_part, pair_combo, clear_pair, timed_pair,
+                n_cells, out.n_combos,
+            )
+        )  # fmt: skip
+        # The budget is global, but a candidate it leaves out now would be left out of all of
+        # them too (see _within_budget), so only the ones it keeps are carried on.
+        kept = [_within_budget(_concat_splits(kept))]
+        keys_out.append(keys)
+        out.add(level)
+        n_cells += len(keys)
+        del level, keys, cell_of_pair, pair_part, pair_combo, clear_pair, timed_pair
+        row = stop
+        if row >= bounds[1]:
+            break
+    return out.level(HashTable(_drain(keys_out))), kept[0]
+
+
+def _split_candidates(
+    level: Level, keys: I64, cell_of_pair: I64, pair_part: I64, pair_combo: I64,
+    clear_pair: F64, timed_pair: B, cell_offset: int, combo_offset: int,
+) -> _Split:  # fmt: skip
+    """A chunk's cells that may be split, before the budget: mixed cells without temporary
+    zones and with at most MAX_SPLIT_PIECES relevant pieces.
+
+    Splitting is only a speed-up (a mixed fine cell keeps its own list): only pieces that could
+    matter are measured again, the others carry their clearance down to the subcells.
+    """
+    n = len(keys)
+    timed_cell = _any_per_cell(cell_of_pair, timed_pair, n)
+    mixed = (level.state == STATE_MIXED) & ~timed_cell
+    near_enough = clear_pair < CARRY_M
+    n_relevant = np.bincount(cell_of_pair[near_enough], minlength=n)
+    cand = np.flatnonzero(mixed & (n_relevant <= MAX_SPLIT_PIECES))
+    is_cand = np.zeros(n, dtype=bool)
+    is_cand[cand] = True
+    carried = np.full(n, FAR_M - 1.0)
+    far = is_cand[cell_of_pair] & ~near_enough
+    np.minimum.at(carried, cell_of_pair[far], clear_pair[far])
+    relevant = np.flatnonzero(is_cand[cell_of_pair] & near_enough)
+    relevant = relevant[np.argsort(cell_of_pair[relevant], kind="stable")]
+    return _Split(
+        cand + cell_offset,
+        keys[cand],
+        n_relevant[cand],
+        carried[cand],
+        pair_part[relevant],
+        pair_combo[relevant] + combo_offset,
+    )
+
+
+def _concat_splits(splits: list[_Split]) -> _Split:
+    """The candidates of several chunks, in their (cell) order."""
+    return _Split(*(np.concatenate(f) for f in zip(*splits, strict=True)))
+
+
+def _within_budget(c: _Split) -> _Split:
+    """The candidates the budget keeps: fewest relevant pieces first (then by cell), while the
+    subcell pairs stay within SUB_PAIR_BUDGET, so dense cities cannot blow up compile time and
+    memory.
+
+    Applied to the candidates kept so far plus a chunk's, it keeps exactly what it would keep of
+    all candidates seen. Dropped cells come after every kept one in that order, so a cell ahead
+    of all of them has the same pairs ahead of it either way; a cell behind one has every kept
+    cell ahead of it and at least as many relevant pieces as the first dropped cell, which was
+    over the budget with those: so is it. The split cells do not depend on the chunks.
+    """
+    order = np.argsort(c.n_relevant, kind="stable")
+    within = np.cumsum(c.n_relevant[order]) * SUB * SUB <= SUB_PAIR_BUDGET
+    keep = np.zeros(len(c.cell), dtype=bool)
+    keep[order[within]] = True
+    # Pairs are grouped by cell, n_relevant of them each.
+    keep_pair = np.repeat(keep, c.n_relevant)
+    return _Split(
+        c.cell[keep], c.key[keep], c.n_relevant[keep], c.carried[keep],
+        c.pair_part[keep_pair], c.pair_combo[keep_pair],
+    )  # fmt: skip
+
+
+def _drain(chunks: list[_A]) -> _A:
+    """np.concatenate(chunks), emptying the list as it copies.
+
+    Why: the chunks and the whole are never all alive together (a level's size, not twice it).
+    """
+    shape = (sum(len(a) for a in chunks), *chunks[0].shape[1:])
+    out = cast(_A, np.empty(shape, dtype=chunks[0].dtype))
+    at = 0
+    chunks.reverse()
+    while chunks:
+        a = chunks.pop()
+        out[at : at + len(a)] = a
+        at += len(a)
+        del a
+    return out
 
 
 def child_keys_of(parent_keys: I64) -> I64:
@@ -941,13 +1147,15 @@ def _classify(
     pair_part: I64,
     timed_pair: B,
     base_clearance: F64,
-    parent: tuple[I64, _Frames, I64] | None = None,
-) -> tuple[Level, F64, tuple[I64, _Frames]]:
+    parent: tuple[I64, I64, F64, I64] | None = None,
+) -> tuple[Level, F64, I64]:
     """Classify cells from their (cell, zone piece) pairs.
 
-    Returns the level, each pair's clearance, and the frames of its (cell, tile) combinations.
-    `parent` (the parent level's combination keys and frames, and each cell's parent cell)
-    lets subcells reuse their parent's affine maps instead of projecting again.
+    Returns the level (without a hash table: the caller adds one), each pair's clearance, and
+    the index of each pair's (cell, tile) combination among the level's. `parent` (keys of the
+    parent level's (cell, tile) combinations the cells need, their indexes in the parent level,
+    its packed `combos`, and each cell's parent cell) lets subcells reuse their parent's affine
+    maps instead of projecting again.
     """
     n_cells = len(keys)
     step = 1.0 / per_deg
@@ -955,17 +1163,18 @@ def _classify(
     lon0 = (keys % n_cols) * step - 180.0
     # Each cell is measured in the frame of the piece it is paired with: a cell next to a tile
     # edge may pair with pieces of the neighbouring tile.
-    n_tiles = np.int64(1 << 20)  # tile keys are < 259,200
     combo, pair_combo = np.unique(
-        cell_of_pair * n_tiles + ex.part_tile[pair_part], return_inverse=True
+        cell_of_pair * _TILE_SPAN + ex.part_tile[pair_part], return_inverse=True
     )
-    combo_cell, combo_tile = combo // n_tiles, combo % n_tiles
+    combo_cell, combo_tile = combo // _TILE_SPAN, combo % _TILE_SPAN
     if parent is None:
         frame = _frames(ex, lon0[combo_cell], lat0[combo_cell], step, combo_tile)
     else:
-        parent_keys, parent_frame, parent_cell = parent
-        up = np.searchsorted(parent_keys, parent_cell[combo_cell] * n_tiles + combo_tile)
-        frame = _derived_frames(parent_frame, up, lon0[combo_cell], lat0[combo_cell], step)
+        parent_keys, parent_index, parent_combos, parent_cell = parent
+        up = parent_index[
+            np.searchsorted(parent_keys, parent_cell[combo_cell] * _TILE_SPAN + combo_tile)
+        ]
+        frame = _derived_frames(parent_combos, up, lon0[combo_cell], lat0[combo_cell], step)
     d, db = _pair_distances(
         frame.cx, frame.cy, pair_combo, pair_part,
         flat.is_point, flat.ring_start, flat.coord_start, flat.xs, flat.ys,
@@ -1035,8 +1244,9 @@ def _classify(
         keep = np.empty(0, dtype=np.int64)
         entry_combo = up[pair_combo[order]]
     level = Level.build(
-        # Subcells are found by position under their parent, not by key (see _pack).
-        table=HashTable(keys if parent is None else np.empty(0, dtype=np.int64)),
+        # Fine cells are found by key (the caller builds the table once for all chunks);
+        # subcells by position under their parent (see _pack).
+        table=HashTable(np.empty(0, dtype=np.int64)),
         state=state,
         zone=zone,
         clearance=np.where(state == STATE_CLEAR, clearance, -1.0),
@@ -1053,7 +1263,7 @@ def _classify(
         jac=np.ascontiguousarray(frame.jac[keep]),
         err=frame.err[keep],
     )
-    return level, clear_pair, (combo, frame)
+    return level, clear_pair, pair_combo
 
 
 @dataclass(frozen=True, slots=True)
@@ -1067,17 +1277,21 @@ class _Frames:
     half_diag: F64
 
 
-def _derived_frames(parent: _Frames, up: I64, lon0: F64, lat0: F64, step: float) -> _Frames:
-    """Subcell frames from the parent cell's affine map; its error bound covers the subcell."""
-    plon, plat = parent.clon[up], parent.clat[up]
-    jac = parent.jac[up]
+def _derived_frames(combos: F64, up: I64, lon0: F64, lat0: F64, step: float) -> _Frames:
+    """Subcell frames from the parent cell's affine map; its error bound covers the subcell.
+
+    combos: the parent level's packed frames (`Level.combos`), read column by column: they are
+    the parent's frames as computed, and no (n, 9) gather is made.
+    """
+    plon, plat = combos[up, 0], combos[up, 1]
+    jac = combos[up, 4:8]
     clon, clat = lon0 + step / 2, lat0 + step / 2
     dl, dt = clon - plon, clat - plat
-    cx = parent.cx[up] + jac[:, 0] * dl + jac[:, 1] * dt
-    cy = parent.cy[up] + jac[:, 2] * dl + jac[:, 3] * dt
+    cx = combos[up, 2] + jac[:, 0] * dl + jac[:, 1] * dt
+    cy = combos[up, 3] + jac[:, 2] * dl + jac[:, 3] * dt
     hx = (np.abs(jac[:, 0]) + np.abs(jac[:, 1])) * step / 2
     hy = (np.abs(jac[:, 2]) + np.abs(jac[:, 3])) * step / 2
-    err = parent.err[up]
+    err = combos[up, 8]
     return _Frames(clon, clat, cx, cy, jac, err, np.hypot(hx, hy))
 
 

@@ -16,6 +16,7 @@ from conftest import BUNDLED_ZONES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import geofence.grid as grid_module
 from geofence.categories import Category
 from geofence.engine import Engine
 from geofence.geodesy import (
@@ -31,9 +32,14 @@ from geofence.grid import (
     COARSE_ROWS,
     FINE_PER_DEG,
     LIST_M,
+    STATE_SUB,
+    SUB,
+    SUB_PAIR_BUDGET,
     GridIndex,
+    Level,
     _big_parts,
     _build_coarse,
+    _build_levels,
     _cells_of_boxes,
     _coarse_keys,
     _forward_distinct,
@@ -42,7 +48,7 @@ from geofence.grid import (
     grid_presence,
 )
 from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
-from geofence.kernels import groups
+from geofence.kernels import FlatParts, groups
 from geofence.policy import load_policy_text
 from geofence.reasons import Reason
 from geofence.zones import Zone
@@ -460,6 +466,58 @@ def test_coarse_table_equals_the_pairwise_build(
     table, chunked = _build_coarse(ex, max_acc, big)
     assert np.array_equal(table.slot_keys(), keys)
     assert chunked.tobytes() == clearance.tobytes()
+
+
+def _level_bytes(fine: Level, sub: Level) -> dict[str, bytes]:
+    """Every array of both levels (tables included), as bytes with their dtype and shape."""
+    out = {}
+    for name, level in (("fine", fine), ("sub", sub)):
+        fields = ("table", "ints", "floats", "entries", "combos")
+        for field, a in zip(fields, (level.table.pair, *level.packed()[1:]), strict=True):
+            out[f"{name}.{field}"] = f"{a.dtype}{a.shape}".encode() + a.tobytes()
+    return out
+
+
+@pytest.mark.parametrize("which", ["bundled", "edges"])
+@pytest.mark.parametrize("tight", [False, True])
+def test_fine_cells_classified_in_chunks_equal_one_chunk(
+    bundled: ZoneSet, which: str, tight: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Classifying cells in chunks (fine rows, split cells) changes no bit of either level.
+
+    A small budget makes the choice of cells to split span chunks (it must pick the same ones).
+    """
+    zs = bundled if which == "bundled" else _edge_zone_set()
+    ex = zs.exact
+    flat = FlatParts.build(ex.part_geom)
+    big = _big_parts(ex)
+    monkeypatch.setattr("geofence.grid.CHUNK_PAIRS", 1 << 40)
+    whole_fine, whole_sub = _build_levels(ex, flat, big)
+    n_split = int(np.count_nonzero(whole_fine.state == STATE_SUB))
+    assert 0 < n_split * SUB * SUB < SUB_PAIR_BUDGET  # cells split, and room for all of them
+    if tight:  # a budget for about half of those cells' subcells: it leaves some whole
+        monkeypatch.setattr("geofence.grid.SUB_PAIR_BUDGET", n_split * SUB * SUB // 2)
+        whole_fine, whole_sub = _build_levels(ex, flat, big)
+        assert 0 < np.count_nonzero(whole_fine.state == STATE_SUB) < n_split
+    whole = _level_bytes(whole_fine, whole_sub)
+    calls = 0
+    classify = grid_module._classify
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return classify(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("geofence.grid._classify", counting)
+    # 1: a fine row, or a split cell, at a time; 300: a few rows, or five split cells.
+    for size in (1, 300):
+        monkeypatch.setattr("geofence.grid.CHUNK_PAIRS", size)
+        calls = 0
+        chunked = _level_bytes(*_build_levels(ex, flat, big))
+        assert calls > (100 if which == "bundled" else 3) // size  # many chunks
+        assert chunked.keys() == whole.keys()
+        for name, value in whole.items():
+            assert chunked[name] == value, (size, name)
 
 
 @pytest.mark.parametrize("which", ["bundled", "edges"])

@@ -175,23 +175,23 @@ class ExactIndex:
     def candidates(self, lon: F64, lat: F64, accuracy_m: F64) -> tuple[I64, I64]:
         """(point index, part index) pairs whose boxes meet: a superset of every true hit."""
         dlon, dlat = degree_margins(accuracy_m, lat)
-        west, east = lon - dlon, lon + dlon
-        boxes = shapely.box(west, lat - dlat, east, lat + dlat)
+        west, south, east, north = lon - dlon, lat - dlat, lon + dlon, lat + dlat
+        owner = np.arange(len(lon))
         # A circle across the antimeridian also looks on the other side: its box again, shifted
         # by 360 degrees (the tree's own twins only cover reach boxes that cross it).
         wraps = np.flatnonzero((west < -180.0) | (east > 180.0))
-        if wraps.size == 0:
-            pts, hits = self.tree.query(boxes)
-            return pts.astype(np.int64), self.tree_part[hits].astype(np.int64)
-        shift = np.where(west[wraps] < -180.0, 360.0, -360.0)
-        twins = shapely.box(
-            west[wraps] + shift, (lat - dlat)[wraps], east[wraps] + shift, (lat + dlat)[wraps]
-        )
-        owner = np.concatenate([np.arange(len(lon)), wraps])
-        pts, hits = self.tree.query(np.concatenate([boxes, twins]))
-        # One pair per (point, part): a piece may be found from both sides.
-        pairs = np.unique(np.column_stack([owner[pts], self.tree_part[hits]]), axis=0)
-        return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+        if wraps.size:
+            shift = np.where(west[wraps] < -180.0, 360.0, -360.0)
+            owner = np.concatenate([owner, wraps])
+            west = np.concatenate([west, west[wraps] + shift])
+            east = np.concatenate([east, east[wraps] + shift])
+            south, north = south[owner], north[owner]
+        pts, hits = self.tree.query(shapely.box(west, south, east, north))
+        point, part = owner[pts].astype(np.int64), self.tree_part[hits].astype(np.int64)
+        if wraps.size:  # one pair per (point, part): a piece may be found from both sides
+            pairs = np.unique(np.column_stack([point, part]), axis=0)
+            point, part = np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+        return point, part
 
     def distances(self, lon: F64, lat: F64, pts: I64, parts: I64) -> F64:
         """Distance in metres from each point to its paired zone piece (0 inside)."""

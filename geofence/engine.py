@@ -231,9 +231,10 @@ class Engine:
             except PresenceUnavailable:
                 self._warn("presence store unavailable: failing closed")
                 return Decision(False, Reason.STATE_UNAVAILABLE, zs.version)
-            blocked = _recently_inside(zs, history, when)
-            if blocked is not None:
-                return blocked
+            if history:  # most devices have none: skip the call
+                blocked = _recently_inside(zs, history, when)
+                if blocked is not None:
+                    return blocked
         return _ALLOWED.get(zs.version) or _allowed(zs.version)
 
     def _record_one(

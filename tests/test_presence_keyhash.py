@@ -6,6 +6,7 @@ import ctypes
 import hashlib
 import hmac
 import logging
+import os
 import sys
 from collections.abc import Iterator
 
@@ -59,6 +60,7 @@ def test_hasher_matches_the_standard_hmac(secret: bytes, device_ids: list[str]) 
     assert h.keys(device_ids) == expected
     assert h.keys_hashlib(device_ids) == expected
     assert [h.key(d) for d in device_ids] == expected
+    assert [h.key_of_bytes_hashlib(d.encode()) for d in device_ids] == expected
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="libcrypto.so.3 is looked for on Linux")
@@ -73,6 +75,55 @@ def test_batches_use_the_compiled_loop_here() -> None:
     assert sum(k.endswith(b"\0") for k in keys) > 0
     assert keys == standard(SECRET, many)
     assert h.keys(ids) == keys[:1000]
+
+
+def _need_the_c_extension() -> None:
+    """Skip where `pip install` found no C compiler; CI builds it, so there it must exist."""
+    if keyhash._Keyer is None:
+        message = "geofence.presence._hmac is not built (no C compiler at install time)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message + ": single ids are hashed by hashlib")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="libcrypto.so.3 is looked for on Linux")
+def test_single_ids_use_the_c_extension_here() -> None:
+    """After its first call, key_of_bytes is the C method itself, and gives hmac's bytes."""
+    _need_the_c_extension()
+    h = DeviceHasher(SECRET)
+    assert h.native_single
+    first = h.key_of_bytes(b"ifa-1")
+    assert type(h.key_of_bytes).__name__ == "builtin_function_or_method"
+    ids = [f"ifa-{i}" for i in range(2000)]
+    keys = [h.key_of_bytes(d.encode()) for d in ids]
+    assert [first, *keys] == standard(SECRET, ["ifa-1", *ids])
+    assert sum(k.endswith(b"\0") for k in keys) > 0  # trailing zero bytes are kept
+
+
+def test_the_c_keyer_refuses_what_it_cannot_use() -> None:
+    """Wrong state sizes, null addresses and non-bytes ids raise; nothing is called."""
+    _need_the_c_extension()
+    keyer_type = keyhash._Keyer
+    assert keyer_type is not None
+    state = bytes(keyhash._CTX_BYTES)
+    for args in ((1, 1, state[:-1], state), (1, 1, state, state + b"x"), (0, 1, state, state)):
+        with pytest.raises(ValueError, match="two function addresses"):
+            keyer_type(*args)
+    h = DeviceHasher(SECRET)
+    native = h._native_states()
+    assert native is not None and native.keyer is not None
+    with pytest.raises(TypeError, match="bytes"):
+        native.keyer.key("ifa-text")  # type: ignore[arg-type]
+
+
+def test_without_the_c_extension_single_ids_use_hashlib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(keyhash, "_Keyer", None)
+    h = DeviceHasher(SECRET)
+    assert not h.native_single
+    assert h.key_of_bytes(b"ifa-1") == standard(SECRET, ["ifa-1"])[0]
+    assert h.key_of_bytes == h.key_of_bytes_hashlib
 
 
 def test_lone_surrogate_fails_the_same_on_every_path() -> None:
@@ -91,7 +142,9 @@ def test_without_libcrypto_hashlib_does_the_work(
     h = DeviceHasher(SECRET)
     ids = [f"ifa-{i}" for i in range(100)]
     assert not h.native
+    assert not h.native_single
     assert h.keys(ids) == standard(SECRET, ids)
+    assert [h.key(d) for d in ids] == standard(SECRET, ids)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="libcrypto.so.3 is looked for on Linux")
@@ -115,9 +168,32 @@ def test_a_library_failing_the_known_answers_is_not_used(
         return lib
 
     monkeypatch.setattr(keyhash, "_open_libcrypto", wrong)
+    _assert_refused_loudly(caplog)
+
+
+def _assert_refused_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    """A hasher made now uses neither native path, the log says why, and keys stay hmac's."""
     with caplog.at_level(logging.WARNING, logger="geofence.presence"):
         h = DeviceHasher(SECRET)
         assert not h.native
+        assert not h.native_single
     assert "known-answer" in caplog.text
     ids = [f"ifa-{i}" for i in range(100)]
     assert h.keys(ids) == standard(SECRET, ids)
+    assert [h.key(d) for d in ids] == standard(SECRET, ids)
+
+
+def test_a_c_keyer_failing_the_known_answers_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, fresh_library: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The known-answer check covers the single-id path too: a keyer that answers wrong bytes
+    (here, one that swaps the inner and outer states) makes both paths fall back to hashlib."""
+    _need_the_c_extension()
+    real = keyhash._Keyer
+    assert real is not None
+
+    def swapped(update: int, final: int, inner: bytes, outer: bytes) -> object:
+        return real(update, final, outer, inner)
+
+    monkeypatch.setattr(keyhash, "_Keyer", swapped)
+    _assert_refused_loudly(caplog)

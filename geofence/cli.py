@@ -130,9 +130,10 @@ def _parser() -> argparse.ArgumentParser:
         "compile zones and policy; print a summary; -o writes a .gfz",
         "Compile the zone set and print: zones per category and per source file, the buffer "
         "and lookback of each category with the pack (and statute) that set it, the total "
-        "area protected, and the zone-set version. A progress bar shows on a terminal when the "
-        "work takes over a second. -o writes one checksummed compiled file that "
-        "`Engine.load` and every command here open.",
+        "area protected, and the zone-set version. A progress bar shows on a terminal when a "
+        "step takes over a second: zone files read, then each stage of the index build (exact "
+        "index, fine cells, subcells, coarse cells) chunk by chunk. -o writes one checksummed "
+        "compiled file that `Engine.load` and every command here open.",
         "  geofence compile zones/\n  geofence compile zones/ -o zones.gfz\n"
         "  geofence compile zones.gfz --json\n",
     )
@@ -210,6 +211,13 @@ def _is_compiled(paths: Sequence[str]) -> bool:
 @contextmanager
 def _progress(desc: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[], None]]:
     """A tqdm bar on stderr that appears only after a second, and only on a terminal."""
+    with _bar(desc, total, enabled) as bar:
+        yield lambda: bar.update(1)
+
+
+@contextmanager
+def _bar(desc: str, total: int | None, enabled: bool = True) -> Iterator[Any]:
+    """The tqdm bar of `_progress` itself, for work that moves on by more than one at a time."""
     from tqdm import tqdm  # noqa: PLC0415 - only commands with long work pay for importing it
 
     bar = tqdm(
@@ -221,14 +229,25 @@ def _progress(desc: str, total: int | None, enabled: bool = True) -> Iterator[Ca
         leave=False,
         unit="",
     )
-
-    def tick() -> None:
-        bar.update(1)
-
     try:
-        yield tick
+        yield bar
     finally:
         bar.close()
+
+
+def _stage_reporter(bar: Any, prefix: str) -> Callable[[str, int, int], None]:
+    """A BuildProgress that moves `bar` on: each new stage restarts it with its own total."""
+    current: list[str] = []
+
+    def report(stage: str, done: int, total: int) -> None:
+        if current != [stage]:
+            current[:] = [stage]
+            bar.set_description(f"{prefix}{stage}", refresh=False)
+            bar.unit_scale = True  # millions of (cell, piece) pairs read as 2.1M/4.8M
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    return report
 
 
 def load_zone_set(paths: Sequence[str], progress: bool = False) -> ZoneSet:
@@ -237,9 +256,13 @@ def load_zone_set(paths: Sequence[str], progress: bool = False) -> ZoneSet:
         return compiled.load(paths[0])
     if not progress:
         return ZoneSet.from_paths(*paths)
-    # One bar over the zone files; the index is built under it once the last file is read.
-    with _progress("reading zone files, then building the index", len(zone_files(paths))) as tick:
-        return ZoneSet.from_paths(*paths, progress=lambda _f: tick())
+    # One bar: over the zone files, then over each stage of the index build, chunk by chunk.
+    with _bar("reading zone files", len(zone_files(paths))) as bar:
+        return ZoneSet.from_paths(
+            *paths,
+            progress=lambda _f: bar.update(1),
+            build_progress=_stage_reporter(bar, "building the index: "),
+        )
 
 
 # --- check ---------------------------------------------------------------------------------------

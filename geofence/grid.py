@@ -70,6 +70,9 @@ MAX_CELLS_PER_PART = 20_000  # zones wider than ~20 km are left to the exact ind
 MAX_SPLIT_PIECES = 12  # a mixed cell near more pieces than this stays whole (its list decides)
 SUB_PAIR_BUDGET = 6_000_000  # at most this many (subcell, piece) pairs in a zone set
 COARSE_CHUNK = 1 << 16  # coarse cells measured at a time
+# How a long build reports where it is: (stage, done, total), in the stage's own units.
+BuildProgress = Callable[[str, int, int], None]
+
 CHUNK_PAIRS = 1 << 20  # (cell, piece) pairs classified at a time (~400 MB of work arrays)
 _TILE_SPAN = np.int64(1 << 20)  # (cell, tile) keys: cell * _TILE_SPAN + tile (tiles < 259,200)
 
@@ -162,14 +165,18 @@ class _SinglePath(NamedTuple):
 class GridIndex:
     """Tables in front of an ExactIndex; the same answers, or more conservative ones."""
 
-    def __init__(self, exact: ExactIndex, max_accuracy_m: float) -> None:
+    def __init__(
+        self, exact: ExactIndex, max_accuracy_m: float, progress: BuildProgress | None = None
+    ) -> None:
+        """Build the tables; `progress`, if given, hears each stage's chunks as they finish."""
+        report = progress or _quiet
         self.exact = exact
         self.max_accuracy_m = float(max_accuracy_m)
         self.flat = FlatParts.build(exact.part_geom)
         big = _big_parts(exact)
         self.forced = _forced_boxes(exact, big, max_accuracy_m)
-        self.fine, self.sub = _build_levels(exact, self.flat, big)
-        self.coarse, self.coarse_clearance = _build_coarse(exact, max_accuracy_m, big)
+        self.fine, self.sub = _build_levels(exact, self.flat, big, report)
+        self.coarse, self.coarse_clearance = _build_coarse(exact, max_accuracy_m, big, report)
         self._pack()
 
     @classmethod
@@ -844,7 +851,13 @@ def _with_antimeridian_twins(boxes: F64, margin_lon: F64 | float = 0.0) -> F64:
     return np.concatenate([boxes, boxes[east] - shift, boxes[west] + shift])
 
 
-def _build_levels(ex: ExactIndex, flat: FlatParts, big: B) -> tuple[Level, Level]:
+def _quiet(stage: str, done: int, total: int) -> None:
+    """A BuildProgress that reports nothing."""
+
+
+def _build_levels(
+    ex: ExactIndex, flat: FlatParts, big: B, report: BuildProgress = _quiet
+) -> tuple[Level, Level]:
     """Classify fine cells within reach + FAR_M of every (not big) piece; split mixed ones.
 
     Why two phases, each in chunks: the fine phase hands the sub phase only what the split cells
@@ -863,13 +876,15 @@ def _build_levels(ex: ExactIndex, flat: FlatParts, big: B) -> tuple[Level, Level
         r0.astype(np.int64), r1.astype(np.int64), c0.astype(np.int64), c1.astype(np.int64)
     )  # fmt: skip
     del pz, reach, b, dlon, dlat, r0, r1, c0, c1
-    fine, split = _fine_level(ex, flat, parts, rows_cols)
-    sub = _sub_level(ex, flat, fine, split)
+    fine, split = _fine_level(ex, flat, parts, rows_cols, report)
+    sub = _sub_level(ex, flat, fine, split, report)
     fine.ints[split.cell, 0] = STATE_SUB
     return fine, sub
 
 
-def _sub_level(ex: ExactIndex, flat: FlatParts, fine: Level, split: _Split) -> Level:
+def _sub_level(
+    ex: ExactIndex, flat: FlatParts, fine: Level, split: _Split, report: BuildProgress = _quiet
+) -> Level:
     """The subcells of the split cells, classified against the pieces that could matter to
     them; the others only carry their clearance down (_fine_level measured both).
 
@@ -909,6 +924,7 @@ def _sub_level(ex: ExactIndex, flat: FlatParts, fine: Level, split: _Split) -> L
         )
         out.add(level)
         del level, j_of_pair, child_of_pair
+        report("subcells", int(pair_start[b]), int(pair_start[-1]))
         a = b
         if a >= len(split.cell):
             break
@@ -973,7 +989,11 @@ class _Split(NamedTuple):
 
 
 def _fine_level(
-    ex: ExactIndex, flat: FlatParts, parts: I64, rows_cols: tuple[I64, I64, I64, I64]
+    ex: ExactIndex,
+    flat: FlatParts,
+    parts: I64,
+    rows_cols: tuple[I64, I64, I64, I64],
+    report: BuildProgress = _quiet,
 ) -> tuple[Level, _Split]:
     """The fine level of the pieces' boxes (fine rows r0..r1, columns c0..c1), and the cells
     to split.
@@ -1038,6 +1058,7 @@ def _fine_level(
         out.add(level)
         n_cells += len(keys)
         del level, keys, cell_of_pair, pair_part, pair_combo, clear_pair, timed_pair
+        report("fine cells", int(up_to_row[stop - 1]), int(up_to_row[-1]))
         row = stop
         if row >= bounds[1]:
             break
@@ -1367,7 +1388,9 @@ def coarse_reach(
     return _with_antimeridian_twins(boxes, mlon), (r0i, r1i, c0i, c1i)
 
 
-def _build_coarse(ex: ExactIndex, max_accuracy_m: float, big: B) -> tuple[HashTable, F64]:
+def _build_coarse(
+    ex: ExactIndex, max_accuracy_m: float, big: B, report: BuildProgress = _quiet
+) -> tuple[HashTable, F64]:
     """Lower bounds of the clearance in coarse cells up to max_accuracy_m from any reach.
 
     The cells are those of every piece's reach box widened by max_accuracy_m + 1 km; a point in
@@ -1400,6 +1423,7 @@ def _build_coarse(ex: ExactIndex, max_accuracy_m: float, big: B) -> tuple[HashTa
         worst = np.minimum(np.maximum(np.abs(lat0), np.abs(lat0 + step)) + 0.01, 90.0)
         scale = np.minimum(M_PER_DEG_LAT_MIN, 111_319.0 * np.cos(np.radians(worst))) / 1.01
         clearance[start : start + len(k)] = dist_deg * scale - 1.0
+        report("coarse cells", start + len(k), len(keys))
     return HashTable(keys), clearance
 
 

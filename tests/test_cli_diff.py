@@ -18,7 +18,7 @@ import pyproj
 import pytest
 from conftest import BUNDLED_ZONES
 
-from geofence.cli import load_zone_set, main
+from geofence.cli import _stage_reporter, load_zone_set, main
 from geofence.zoneset import ZoneSet
 
 GEOD = pyproj.Geod(ellps="WGS84")
@@ -206,13 +206,38 @@ def test_compile_with_progress_matches_from_paths(
 ) -> None:
     """The CLI reads files with a progress hook; the result must equal ZoneSet.from_paths."""
     zs = load_zone_set([str(BUNDLED_ZONES)], progress=True)
-    ref = ZoneSet.from_paths(BUNDLED_ZONES)
+    stages: list[str] = []
+    ref = ZoneSet.from_paths(BUNDLED_ZONES, build_progress=lambda s, _d, _t: stages.append(s))
+    assert list(dict.fromkeys(stages)) == ["exact index", "fine cells", "subcells", "coarse cells"]
     assert bundled_gfz[1]["version"] == ref.version
     assert zs.version == ref.version and zs.ids == ref.ids
     assert zs.warnings == ref.warnings
     assert (zs.buffer_m == ref.buffer_m).all()
     assert zs.beacons is not None and ref.beacons is not None
     assert len(zs.beacons) == len(ref.beacons)
+
+
+def test_compile_progress_bar_follows_each_stage() -> None:
+    """The bar restarts with each stage's total and name, and shows how far that stage is, in
+    scaled units (a stage counts millions of pairs)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    out = io.StringIO()
+    bar = tqdm(total=3, file=out, mininterval=0, desc="reading zone files")
+    report = _stage_reporter(bar, "building the index: ")
+    for _ in range(3):
+        bar.update(1)
+    report("fine cells", 2_100_000, 4_800_000)
+    # tqdm's set_description appends ": ".
+    assert (bar.n, bar.total) == (2_100_000, 4_800_000)
+    assert bar.desc == "building the index: fine cells: "
+    report("fine cells", 4_800_000, 4_800_000)
+    assert bar.n == 4_800_000
+    report("subcells", 7_000, 70_000)
+    assert (bar.n, bar.total, bar.desc) == (7_000, 70_000, "building the index: subcells: ")
+    bar.close()
+    shown = out.getvalue()
+    assert "3/3" in shown and "2.10M/4.80M" in shown and "7.00k/70.0k" in shown
 
 
 def test_console_script_diff(pair: tuple[Path, Path]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import weakref
 from pathlib import Path
 
@@ -518,6 +519,30 @@ def test_fine_cells_classified_in_chunks_equal_one_chunk(
         assert chunked.keys() == whole.keys()
         for name, value in whole.items():
             assert chunked[name] == value, (size, name)
+
+
+def test_build_reports_every_stage_to_its_end(
+    bundled: ZoneSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compile's progress: each stage in order, moving forward chunk by chunk to its total;
+    and reporting changes no table."""
+    ex = bundled.exact
+    max_acc = bundled.policy.requests.max_accuracy_m
+    quiet = GridIndex(ex, max_acc)
+    monkeypatch.setattr("geofence.grid.CHUNK_PAIRS", 3000)
+    monkeypatch.setattr("geofence.grid.COARSE_CHUNK", 50)
+    heard: list[tuple[str, int, int]] = []
+    grid = GridIndex(ex, max_acc, progress=lambda *args: heard.append(args))
+    stages = list(dict.fromkeys(stage for stage, _, _ in heard))
+    assert stages == ["fine cells", "subcells", "coarse cells"]
+    for stage in stages:
+        done = [d for s, d, _ in heard if s == stage]
+        totals = {t for s, _, t in heard if s == stage}
+        assert len(done) > 2, stage  # several chunks, each reported
+        assert len(totals) == 1 and done[-1] == totals.pop() > 0, stage
+        assert all(a < b for a, b in itertools.pairwise(done)), stage
+    assert _level_bytes(grid.fine, grid.sub) == _level_bytes(quiet.fine, quiet.sub)
+    assert np.array_equal(grid.coarse_clearance, quiet.coarse_clearance)
 
 
 @pytest.mark.parametrize("which", ["bundled", "edges"])

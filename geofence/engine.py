@@ -15,7 +15,7 @@ import operator
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,20 +199,33 @@ class Engine:
         if at is None:
             when = now
         else:
-            when_or_none = _finite(at) if type(at) in _NUMBER else None
-            earliest, latest = _time_window(zs, now)
-            if when_or_none is None or not earliest <= when_or_none <= latest:
+            # _finite and _time_window written out (a fifth of a microsecond): a float is used
+            # as it is, NaN and infinities fail the window's comparisons.
+            if type(at) is float:
+                when = at
+            elif type(at) in _NUMBER:
+                when_or_none = _finite(at)
+                if when_or_none is None:
+                    return None
+                when = when_or_none
+            else:
+                return None
+            if not now - zs.max_lookback_s <= when <= now + MAX_CLOCK_SKEW_S:
                 return None  # the batch path rejects it
-            when = when_or_none
         raw_id = b""
         if device_id is None:
             if rules.no_device_id == "reject":
                 return None
+        elif type(device_id) is str:
+            # _device_bytes written out: blank (no id) or malformed ids go to the batch path.
+            if len(device_id) > MAX_DEVICE_ID or device_id.isspace() or not device_id:
+                return None
+            try:
+                raw_id = device_id.encode("utf-8")
+            except UnicodeEncodeError:
+                return None
         else:
-            raw = _device_bytes(device_id) if type(device_id) is str else None
-            if raw is None:
-                return None  # blank (no id) or malformed: the batch path decides
-            raw_id = raw
+            return None
         found = zs.index.locate_one(float(lon), float(lat), acc)
         if found is None:
             return None  # the exact index's case: the batch path, which knows the time
@@ -235,7 +248,7 @@ class Engine:
                 blocked = _recently_inside(zs, history, when)
                 if blocked is not None:
                     return blocked
-        return _ALLOWED.get(zs.version) or _allowed(zs.version)
+        return zs.allowed
 
     def _record_one(
         self, zs: ZoneSet, lon: float, lat: float, acc: float, raw_id: bytes, when: float
@@ -519,7 +532,7 @@ class Engine:
     def _history_only(self, zs: ZoneSet, device_id: str | None, at: float) -> Decision:
         """A decision from the device's presence history alone (no location to judge)."""
         if not device_id:
-            return Decision(True, Reason.ALLOWED, zs.version)
+            return zs.allowed
         try:
             self._flush_pending()
             history = self._store.latest(self._hasher.key(device_id))
@@ -528,7 +541,7 @@ class Engine:
                 False, Reason.STATE_UNAVAILABLE, zs.version, detail="presence store unavailable"
             )
         blocked = _recently_inside(zs, history, at)
-        return Decision(True, Reason.ALLOWED, zs.version) if blocked is None else blocked
+        return zs.allowed if blocked is None else blocked
 
     def _record(self, zs: ZoneSet, device_id: str | None, zones: list[int], at: float) -> None:
         """Record presence of one device in the given zones (best effort; logged on failure)."""
@@ -542,11 +555,15 @@ class Engine:
         """Record one hashed device inside each of `zones` at `at`, kept for the longest
         lookback (as the batch path keeps its records)."""
         m = len(zones)
+        if m == 1:  # the usual case: one record, without arrays
+            at = float(at)
+            self._write_one(key, zs.category.item(zones[0]), at, at + zs.max_lookback_s)
+            return
         self._write_presence(
             [key] * m,
             zs.category[zones],
             np.array([at] * m),
-            np.array([at + _max_lookback_s(zs)] * m),
+            np.array([at + zs.max_lookback_s] * m),
         )
 
     def _audit_one(self, decision: Decision, device_id: Any, at: Any) -> None:
@@ -588,27 +605,45 @@ class Engine:
         Losing them would fail open: a device seen inside a zone during an outage would be
         allowed again, before its lookback ends, as soon as the store recovers.
         """
+        self._write_through(
+            self._store.record_many,
+            (keys, cats, times, expires),
+            lambda: zip(keys, cats.tolist(), times.tolist(), expires.tolist(), strict=True),
+            len(keys),
+        )
+
+    def _write_one(self, key: bytes, cat: int, t: float, expires: float) -> None:
+        """`_write_presence` of one record, through the store's `record`: no arrays."""
+        record = (key, cat, t, expires)
+        self._write_through(self._store.record, record, lambda: [record], 1)
+
+    def _write_through(
+        self,
+        write: Callable[..., None],
+        args: tuple[Any, ...],
+        held: Callable[[], Iterable[tuple[bytes, int, float, float]]],
+        n: int,
+    ) -> None:
+        """write(*args) to the store, or queue `held()` (the same records) while it is down.
+
+        Nothing held back: write straight through, and build the queue's records only if the
+        store is down (the detour through the queue cost a tuple and four lists per record).
+        """
         if self._pending:
             with self._pending_lock:
-                self._pending.extend(
-                    zip(keys, cats.tolist(), times.tolist(), expires.tolist(), strict=True)
-                )
+                self._pending.extend(held())
             self._flush_pending()
             return
-        # Nothing held back: write straight through, and queue the records only if the store
-        # is down (the detour through the queue cost a tuple and four lists per record).
         try:
-            self._store.record_many(keys, cats, times, expires)
+            write(*args)
         except PresenceUnavailable:
             with self._pending_lock:
-                self._pending.extend(
-                    zip(keys, cats.tolist(), times.tolist(), expires.tolist(), strict=True)
-                )
+                self._pending.extend(held())
                 count = len(self._pending)
             self._warn(f"presence store unavailable: {count} presence records held")
         except Exception:
             # As in _flush_pending: records the store refuses can never be written.
-            log.exception("dropping %d presence records the store refused", len(keys))
+            log.exception("dropping %d presence records the store refused", n)
 
     def _flush_pending(self) -> None:
         """Write presence records held back by an outage; they stay held if it goes on."""
@@ -891,7 +926,6 @@ class Engine:
 
 _NUMBER = (float, int, np.float64)
 _PLAIN_SOURCES = (None, "gps", "user", "unknown")
-_ALLOWED: dict[str, Decision] = {}
 
 
 def _internal_error(zs: ZoneSet, where: str) -> Decision:
@@ -910,33 +944,6 @@ def _rejected(zs: ZoneSet, kind: int, z: int) -> Decision:
     return decision
 
 
-def _allowed(version: str) -> Decision:
-    """The (immutable) allowed decision of a zone-set version, made once."""
-    decision = Decision(True, Reason.ALLOWED, version)
-    if len(_ALLOWED) > 64:
-        _ALLOWED.clear()
-    _ALLOWED[version] = decision
-    return decision
-
-
-# The longest lookback of each policy in use, by id(policy). Policy.max_lookback_s takes the
-# maximum over every category on each call (about 1 us, a tenth of a single request); the entry
-# holds the policy itself, so its id cannot be reused by another while cached.
-_MAX_LOOKBACK: dict[int, tuple[object, float]] = {}
-
-
-def _max_lookback_s(zs: ZoneSet) -> float:
-    """zs.policy.max_lookback_s, computed once per policy object."""
-    policy = zs.policy
-    entry = _MAX_LOOKBACK.get(id(policy))
-    if entry is not None and entry[0] is policy:
-        return entry[1]
-    value = float(policy.max_lookback_s)
-    if len(_MAX_LOOKBACK) > 64:
-        _MAX_LOOKBACK.clear()
-    _MAX_LOOKBACK[id(policy)] = (policy, value)
-    return value
-
 
 def _time_window(zs: ZoneSet, now: float) -> tuple[float, float]:
     """The request times accepted when the engine's clock reads `now`: (earliest, latest).
@@ -946,7 +953,7 @@ def _time_window(zs: ZoneSet, now: float) -> tuple[float, float]:
     where the device is now (a clock reading 1970, a huge OpenRTB lastfix). After
     MAX_CLOCK_SKEW_S, it would outrun every lookback. Either way the request is invalid_request.
     """
-    return now - _max_lookback_s(zs), now + MAX_CLOCK_SKEW_S
+    return now - zs.max_lookback_s, now + MAX_CLOCK_SKEW_S
 
 
 def _time_fault(zs: ZoneSet, at: float, now: float) -> str | None:

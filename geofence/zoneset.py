@@ -17,6 +17,7 @@ from geofence.errors import Problem
 from geofence.grid import BuildProgress, GridIndex
 from geofence.index import ExactIndex, LocationIndex
 from geofence.policy import Policy
+from geofence.reasons import Reason
 from geofence.zones import Zone, content_hash, load_zones, zone_files
 
 POLICY_FILE = "policy.toml"
@@ -46,6 +47,15 @@ class ZoneSet:
     # The single-request path's inside_zone/near_zone decisions by (kind, zone), made once:
     # a Decision costs about 0.9 us to build, a fifth of a rejected request. At most two a zone.
     rejections: dict[tuple[int, int], Decision] = field(default_factory=dict, repr=False)
+    # policy.max_lookback_s, which takes the maximum over every category on each call (~1 us):
+    # every request's time is checked against it.
+    max_lookback_s: float = field(init=False, repr=False)
+    # The allowed decision, made once (it names only the version).
+    allowed: Decision = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_lookback_s", float(self.policy.max_lookback_s))
+        object.__setattr__(self, "allowed", Decision(True, Reason.ALLOWED, self.version))
 
     def __len__(self) -> int:
         return len(self.zones)

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geofence.presence import DeviceHasher, MemoryStore
 from geofence.presence import memory as memory_module
@@ -171,6 +173,64 @@ def test_a_subclass_that_wraps_latest_many_sees_every_read() -> None:
     assert seen == [1, 2]
     # The plain store keeps its shortcuts.
     assert MemoryStore.latest is not Wrapped.latest
+
+
+def test_a_subclass_that_wraps_record_many_sees_every_write() -> None:
+    """The memory store's own `record` (no arrays) must not bypass a wrapper's writes."""
+    seen: list[int] = []
+
+    class Wrapped(MemoryStore):
+        def record_many(self, keys: Any, *rest: Any) -> None:
+            seen.append(len(keys))
+            super().record_many(keys, *rest)
+
+    store = Wrapped()
+    now = time.time()
+    store.record(DeviceHasher(SECRET).key("ifa-1"), 2, now, now + 60)
+    assert seen == [1] and len(store) == 1
+    assert MemoryStore.record is not Wrapped.record
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # device
+            st.integers(0, 2),  # category
+            st.floats(-50, 50),  # time, from the clock
+            st.floats(-10, 200),  # expiry, from the clock
+        ),
+        max_size=30,
+    ),
+    st.integers(1, 3),  # max_devices: eviction too
+)
+def test_record_keeps_what_record_many_keeps(
+    ops: list[tuple[int, int, float, float]], max_devices: int
+) -> None:
+    """One record at a time through `record` leaves the store as `record_many` of each would:
+    latest time and expiry per (device, category), expired ones skipped, the same evictions."""
+    base = 1_700_000_000.0
+    keys = [bytes([i]) * 32 for i in range(4)]
+    one, many = MemoryStore(max_devices), MemoryStore(max_devices)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(memory_module, "time", SimpleNamespace(time=lambda: base))
+        for device, cat, t, e in ops:
+            one.record(keys[device], cat, base + t, base + e)
+            times = np.array([base + t]), np.array([base + e])
+            many.record_many([keys[device]], np.array([cat], np.uint8), *times)
+        assert one.dump() == many.dump()
+        assert one.evicted == many.evicted
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_record_refuses_a_time_that_is_not_finite(bad: float) -> None:
+    store = MemoryStore()
+    key = DeviceHasher(SECRET).key("ifa-1")
+    now = time.time()
+    for t, e in ((bad, now + 60), (now, bad)):
+        with pytest.raises(ValueError, match="finite"):
+            store.record(key, 1, t, e)
+    assert len(store) == 0
 
 
 def test_single_lookup_skips_expired_records(clock: Clock) -> None:

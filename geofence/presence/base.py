@@ -59,14 +59,18 @@ class PresenceStore(ABC):
     url: str = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Route a subclass's reads through its own `latest_many` when it redefines that alone.
+        """Route a subclass's reads through its own `latest_many`, and its writes through its
+        own `record_many`, when it redefines that alone.
 
-        Backends speed up `latest` and `latest_found` with code of their own; a subclass that
-        wraps `latest_many` (a fault injector, a metrics wrapper) expects every read to pass
-        through it, so the shortcuts it would inherit are replaced by the generic ones.
+        Backends speed up `latest`, `latest_found` and `record` with code of their own; a
+        subclass that wraps `latest_many` or `record_many` (a fault injector, a metrics wrapper)
+        expects every read or write to pass through it, so the shortcuts it would inherit are
+        replaced by the generic ones.
         """
         super().__init_subclass__(**kwargs)
         own = vars(cls)
+        if "record_many" in own and "record" not in own:
+            cls.record = PresenceStore.record  # type: ignore[method-assign]
         if "latest_many" in own:
             if "latest" not in own:
                 cls.latest = PresenceStore.latest  # type: ignore[method-assign]
@@ -91,11 +95,12 @@ class PresenceStore(ABC):
     def forget(self, key: bytes) -> None:
         """Erase everything recorded for one hashed device (a consumer's deletion request)."""
 
-    def record(self, key: bytes, category: int, time: float, expires_at: float) -> None:
+    def record(self, key: bytes, category: int, time_s: float, expires_at: float) -> None:
+        """One record (a single request's presence); `record_many`'s rules apply."""
         self.record_many(
             [key],
             np.array([category], dtype=np.uint8),
-            np.array([time], dtype=np.float64),
+            np.array([time_s], dtype=np.float64),
             np.array([expires_at], dtype=np.float64),
         )
 

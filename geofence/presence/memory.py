@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -74,31 +75,23 @@ class MemoryStore(PresenceStore):
         now = time.time()
         with self._lock:
             self._sweep(now)
-            data = self._data
-            heap = self._heap
+            put = self._put
             for key, cat, t, e in zip(keys, cats, ts, exps, strict=True):
-                if e <= now:
-                    continue  # already expired: storing it would only be swept away
-                records = data.get(key)
-                if records is None:
-                    if len(data) >= self.max_devices:
-                        self._evict_one()
-                    data[key] = {cat: (t, e)}
-                    heapq.heappush(heap, (e, key))
-                    continue
-                old = records.get(cat)
-                if old is None:
-                    before = _device_expiry(records)
-                    records[cat] = (t, e)
-                elif t > old[0] or e > old[1]:
-                    before = _device_expiry(records)
-                    records[cat] = (max(t, old[0]), max(e, old[1]))
-                else:
-                    continue
-                if e > before:
-                    heapq.heappush(heap, (e, key))
-            if len(heap) > 2 * len(data) + 1024:
-                self._rebuild_heap()
+                put(key, cat, t, e, now)
+            self._trim_heap()
+
+    def record(self, key: bytes, category: int, time_s: float, expires_at: float) -> None:
+        """One record, as `record_many` keeps it, without its arrays (a single request's)."""
+        t, e = float(time_s), float(expires_at)
+        if not (math.isfinite(t) and math.isfinite(e)):
+            raise ValueError(
+                "record: the time or expiry is not a finite number; nothing was recorded"
+            )
+        now = time.time()
+        with self._lock:
+            self._sweep(now)
+            self._put(key, int(category), t, e, now)
+            self._trim_heap()
 
     def latest_many(self, keys: Sequence[bytes]) -> list[dict[int, float]]:
         """For each key, {category code: latest time} of its unexpired records."""
@@ -156,6 +149,35 @@ class MemoryStore(PresenceStore):
         return len(self._data)
 
     # -- internals; the caller holds the lock -------------------------------------------------
+
+    def _put(self, key: bytes, cat: int, t: float, e: float, now: float) -> None:
+        """Keep the latest time and expiry of (key, category); push the device's new expiry."""
+        if e <= now:
+            return  # already expired: storing it would only be swept away
+        data = self._data
+        records = data.get(key)
+        if records is None:
+            if len(data) >= self.max_devices:
+                self._evict_one()
+            data[key] = {cat: (t, e)}
+            heapq.heappush(self._heap, (e, key))
+            return
+        old = records.get(cat)
+        if old is None:
+            before = _device_expiry(records)
+            records[cat] = (t, e)
+        elif t > old[0] or e > old[1]:
+            before = _device_expiry(records)
+            records[cat] = (max(t, old[0]), max(e, old[1]))
+        else:
+            return
+        if e > before:
+            heapq.heappush(self._heap, (e, key))
+
+    def _trim_heap(self) -> None:
+        """Rebuild the heap once stale entries outnumber live devices."""
+        if len(self._heap) > 2 * len(self._data) + 1024:
+            self._rebuild_heap()
 
     def _sweep(self, now: float) -> None:
         """Drop every device whose last record has expired."""

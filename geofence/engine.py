@@ -32,6 +32,7 @@ from geofence.errors import PresenceUnavailable
 from geofence.index import KIND_CLEAR, KIND_INSIDE
 from geofence.openrtb import InvalidBidRequest, parse_bid_request
 from geofence.presence.base import PresenceStore
+from geofence.presence.blocks import fold_events
 from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import MemoryStore
 from geofence.presence.url import open_store, secret_bytes
@@ -879,35 +880,11 @@ class Engine:
             req_at = at[has_id]
             if len(pres_req):
                 # Presence recorded in this batch counts for the same device's requests at or
-                # after it. Few requests share a device with one, so a loop over them is cheap;
-                # events stay in batch order and replace only a strictly later end (ties keep the
-                # stored history's category, then the first event's), as one request at a time.
-                events: dict[int, list[tuple[float, float, int]]] = {}
-                for d, t, e, c in zip(
-                    pres_dev.tolist(),
-                    pres_t.tolist(),
-                    pres_end.tolist(),
-                    pres_cat.tolist(),
-                    strict=True,
-                ):
-                    events.setdefault(d, []).append((t, e, c))
-                has_events = np.zeros(len(distinct), dtype=bool)
-                has_events[pres_dev] = True
-                rows = np.flatnonzero(has_events[dev])
-                for j, d, when, stored_end, stored_cat in zip(
-                    rows.tolist(),
-                    dev[rows].tolist(),
-                    req_at[rows].tolist(),
-                    req_end[rows].tolist(),
-                    req_cat[rows].tolist(),
-                    strict=True,
-                ):
-                    best_end, best_cat = stored_end, stored_cat
-                    for t, e, c in events[d]:
-                        if t <= when and e > best_end:
-                            best_end, best_cat = e, c
-                    req_end[j] = best_end
-                    req_cat[j] = best_cat
+                # after it, as one request at a time (fold_events says how ties go).
+                fold_events(
+                    dev, req_at, req_end, req_cat,
+                    pres_dev, pres_t, pres_end, pres_cat.astype(np.int64), len(distinct),
+                )  # fmt: skip
             blocked = (req_at < req_end) & (reason[has_id] == _R[Reason.ALLOWED])
             hit = has_id[blocked]
             reason[hit] = _R[Reason.RECENTLY_INSIDE]
@@ -1122,6 +1099,7 @@ def _sources(source: Any, n: int) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.
 
 
 def _device_ids(device_ids: Any, n: int) -> tuple[list[str | None], npt.NDArray[np.bool_]]:
+    """The ids (None for none) and which are malformed; `_device_id` says what counts as what."""
     bad = np.zeros(n, dtype=bool)
     if device_ids is None:
         return [None] * n, bad

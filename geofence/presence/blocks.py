@@ -1,0 +1,60 @@
+"""Presence blocks within a batch: what a batch's own presence adds to each request's block.
+
+A batch is decided as if its requests came one at a time, in order: presence a request records
+blocks the same device's requests at or after it. Per request that is a fold over its device's
+events; in Python it was a loop per request with a device that has events, about a tenth of a
+batch with ids. Compiled, it is one pass over the events and one over the requests.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Ip = npt.NDArray[np.intp]
+
+
+@numba.njit(cache=True, nogil=True)
+def fold_events(
+    dev: Ip,
+    req_at: F64,
+    req_end: F64,
+    req_cat: I64,
+    ev_dev: Ip,
+    ev_t: F64,
+    ev_end: F64,
+    ev_cat: I64,
+    n_dev: int,
+) -> None:
+    """In place: each request's block (req_end, req_cat), given its stored history's, extended
+    by every event of its device at or before its time.
+
+    dev[j]: request j's device (0..n_dev-1); event i: device ev_dev[i] was present at ev_t[i],
+    a block until ev_end[i] of category ev_cat[i]. Events apply in batch order and replace only
+    a strictly later end: ties keep the stored history's category, then the first event's.
+    """
+    # The events of each device, in batch order (a counting sort by device is stable).
+    start = np.zeros(n_dev + 1, dtype=np.int64)
+    for i in range(ev_dev.size):
+        start[ev_dev[i] + 1] += 1
+    for d in range(n_dev):
+        start[d + 1] += start[d]
+    fill = start[:-1].copy()
+    order = np.empty(ev_dev.size, dtype=np.int64)
+    for i in range(ev_dev.size):
+        order[fill[ev_dev[i]]] = i
+        fill[ev_dev[i]] += 1
+    for j in range(dev.size):
+        d = dev[j]
+        if start[d] == start[d + 1]:
+            continue
+        best_end, best_cat, when = req_end[j], req_cat[j], req_at[j]
+        for k in range(start[d], start[d + 1]):
+            i = order[k]
+            if ev_t[i] <= when and ev_end[i] > best_end:
+                best_end, best_cat = ev_end[i], ev_cat[i]
+        req_end[j] = best_end
+        req_cat[j] = best_cat

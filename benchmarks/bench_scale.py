@@ -894,7 +894,12 @@ def main(argv: list[str] | None = None) -> int:
         + ("+dirty" if dirty else "")
     )
     plot(results, png, title)
-    shutil.copyfile(png, Path(__file__).resolve().parent / "scale.png")
+    # The README's plot is the full run's: a --quick or partial run leaves it alone (it used to
+    # overwrite the tracked file on every run).
+    readme_png = Path(__file__).resolve().parent / "scale.png"
+    full = sorted(sizes) == sorted(SIZES)
+    if full:
+        shutil.copyfile(png, readme_png)
 
     def clean(v: Any) -> Any:
         if isinstance(v, dict):
@@ -918,7 +923,8 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": total,
     }
     (args.out / "scale.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {png}, {args.out / 'scale.json'} and {Path(__file__).parent / 'scale.png'}")
+    also = f" and {readme_png}" if full else f" ({readme_png} is only replaced by a full run)"
+    print(f"wrote {png}, {args.out / 'scale.json'}{also}")
     return 0
 
 

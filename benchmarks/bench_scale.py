@@ -214,11 +214,25 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
     clock = time.perf_counter_ns
     ns = np.empty(calls, dtype=np.int64)
     single_allowed = np.empty(calls, dtype=bool)
+    # What the tail is made of: calls the grid could not settle (they take the batch path and
+    # the exact index), and full garbage collections during the loop.
+    exact_calls = 0
+    full_path = with_ids._batch
+
+    def counted(*a: Any, **k: Any) -> Any:
+        nonlocal exact_calls
+        exact_calls += 1
+        return full_path(*a, **k)
+
+    with_ids._batch = counted  # type: ignore[method-assign]
+    gen2 = gc.get_stats()[2]["collections"]
     for i in range(calls):
         t0 = clock()
         dec = check(lat_l[i], lon_l[i], ACCURACY_M, device_id=ids_l[i], at=now)
         ns[i] = clock() - t0
         single_allowed[i] = dec.allowed
+    gen2 = gc.get_stats()[2]["collections"] - gen2
+    del with_ids._batch
     return {
         "n": n,
         "inputs_mb": inputs_mb,
@@ -235,6 +249,8 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
         "reasons_ids": reason_counts(d_ids.reason),
         "single_ns": ns,
         "single_vs_batch_ids": int((single_allowed != d_ids.allowed[:calls]).sum()),
+        "single_exact_calls": exact_calls,
+        "single_full_gcs": gen2,
     }
 
 
@@ -879,7 +895,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"start-up: import {su.get('import_s', float('nan')):.2f} s + load "
                 f"{su.get('load_s', float('nan')):.2f} s + first check "
                 f"{su.get('first_check_s', float('nan')):.3f} s, peak "
-                f"{su.get('peak_rss_mb') or float('nan'):,.0f} MB"
+                f"{su.get('peak_rss_mb') or float('nan'):,.0f} MB; single calls through the exact "
+                f"index {g.get('single_exact_calls', 0):,} of {args.latency_calls:,}, full GCs "
+                f"during them {g.get('single_full_gcs', 0)}"
             )
     print(
         f"load average {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} at end; "

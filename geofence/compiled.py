@@ -840,8 +840,8 @@ def _tables(fine_keys: A, coarse_keys: A) -> tuple[HashTable, HashTable, HashTab
     """The fine and coarse hash tables from their stored keys; the sub level has none (its
     cells are found by position under their parent, see grid._sub_base).
 
-    Filling a table from any int64 keys stays inside the table, so this may run before the
-    keys are checked; the tables are used only after.
+    This may run before the keys are checked: keys a table cannot hold raise, and the loader
+    asks for the tables only after the checks passed (which such keys fail first).
     """
     return HashTable(fine_keys), HashTable(np.empty(0, dtype=np.int64)), HashTable(coarse_keys)
 

@@ -152,8 +152,8 @@ class Level:
         return self.entries[:, 0]
 
     def packed(self) -> tuple[I64, I32, F64, I32, F64]:
-        """The level as the kernel takes it: table (2, cap), ints, floats, entries, combos."""
-        return self.table.pair, self.ints, self.floats, self.entries, self.combos
+        """The level as the kernel takes it: table (cap,), ints, floats, entries, combos."""
+        return self.table.array, self.ints, self.floats, self.entries, self.combos
 
 
 class _SinglePath(NamedTuple):
@@ -227,7 +227,7 @@ class GridIndex:
             *self.fine.packed(),
             _sub_base(self.fine.state),
             *self.sub.packed()[1:],
-            self.coarse.pair,
+            self.coarse.array,
             self.coarse_clearance,
             exact.part_zone,
             np.ascontiguousarray(np.column_stack([exact.radius_m, exact.buffer_m])),
@@ -452,12 +452,10 @@ def _grid_kernel(
     pbox: F64, out_kind: I8, out_zone: I32, out_todo: B,
 ) -> None:  # fmt: skip
     """Decide each point from the tables, or flag it for the exact index."""
-    f_mask = np.int64(f_table.shape[1] - 1)
-    c_mask = np.int64(c_table.shape[1] - 1)
+    f_mask = np.int64(len(f_table) - 1)
+    c_mask = np.int64(len(c_table) - 1)
     # Views taken once: numba reference-counts every view it makes, which inside the loop cost
     # more than the table lookups.
-    f_keys, f_slots = f_table[0], f_table[1]
-    c_keys, c_slots = c_table[0], c_table[1]
     xs, ys = xy[0], xy[1]
     far_clearance, max_acc = far[0], far[1]
     n_forced = forced.shape[0]
@@ -477,13 +475,13 @@ def _grid_kernel(
             continue
         row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
         col = np.int64(np.floor((x + 180.0) * FINE_PER_DEG)) % FINE_COLS
-        slot = find(f_keys, f_slots, f_mask, row * FINE_COLS + col)
+        slot = find(f_table, f_mask, row * FINE_COLS + col)
         if slot < 0:
             if a <= far_clearance:
                 continue
             crow = row // (FINE_PER_DEG // COARSE_PER_DEG)
             ccol = col // (FINE_PER_DEG // COARSE_PER_DEG)
-            cslot = find(c_keys, c_slots, c_mask, crow * COARSE_COLS + ccol)
+            cslot = find(c_table, c_mask, crow * COARSE_COLS + ccol)
             if cslot >= 0 and not a <= c_clear[cslot]:
                 out_todo[i] = True
             continue
@@ -688,8 +686,7 @@ def grid_presence(
     out_point = np.empty(cap, dtype=np.int64)
     out_zone = np.empty(cap, dtype=np.int64)
     m = 0
-    f_keys, f_slots = f_table[0], f_table[1]
-    f_mask = np.int64(f_table.shape[1] - 1)
+    f_mask = np.int64(len(f_table) - 1)
     xs, ys = xy[0], xy[1]
     for j in range(n):
         i = points[j]
@@ -700,7 +697,7 @@ def grid_presence(
                 forced_here = True
         row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
         col = np.int64(np.floor((x + 180.0) * FINE_PER_DEG)) % FINE_COLS
-        slot = find(f_keys, f_slots, f_mask, row * FINE_COLS + col)
+        slot = find(f_table, f_mask, row * FINE_COLS + col)
         if forced_here or slot < 0:
             todo[j] = True  # not in a stored cell: nothing to list (clear points are not asked)
             continue

@@ -474,7 +474,7 @@ def _level_bytes(fine: Level, sub: Level) -> dict[str, bytes]:
     out = {}
     for name, level in (("fine", fine), ("sub", sub)):
         fields = ("table", "ints", "floats", "entries", "combos")
-        for field, a in zip(fields, (level.table.pair, *level.packed()[1:]), strict=True):
+        for field, a in zip(fields, (level.table.array, *level.packed()[1:]), strict=True):
             out[f"{name}.{field}"] = f"{a.dtype}{a.shape}".encode() + a.tobytes()
     return out
 

@@ -234,7 +234,7 @@ class GridIndex:
             fl.is_point,
             fl.ring_start,
             fl.coord_start,
-            np.stack([fl.xs, fl.ys]),
+            fl.xy(),
             _piece_boxes(fl),
         )
         # The single-point path is bound at its first request (_bind_single): batch-only users
@@ -428,9 +428,9 @@ def _settle(
 
 
 @numba.njit(cache=True, inline="always")
-def _subcell(block: np.int64, row: np.int64, col: np.int64) -> np.int64:
+def _subcell(block: np.int32, row: np.int64, col: np.int64) -> np.int64:
     """A subcell's slot: split cell `block`'s SUB x SUB subcells are stored row by row."""
-    return block * (SUB * SUB) + row * SUB + col
+    return np.int64(block) * (SUB * SUB) + row * SUB + col
 
 
 @numba.njit(cache=True, inline="always")
@@ -446,7 +446,7 @@ def _clamp(value: int, low: int, count: int) -> int:
 def _grid_kernel(
     lon: F64, lat: F64, acc: F64, forced: F64, far: F64,
     f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
-    sub_base: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    sub_base: I32, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
     pbox: F64, out_kind: I8, out_zone: I32, out_todo: B,
@@ -667,7 +667,7 @@ def _pair_distances(
 def grid_presence(
     lon: F64, lat: F64, acc: F64, points: I64, center_only: bool, forced: F64, far: F64,
     f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
-    sub_base: I64, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    sub_base: I32, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
     pbox: F64,
@@ -1565,7 +1565,10 @@ def _piece_boxes(flat: FlatParts) -> F64:
     )
 
 
-def _sub_base(fine_state: I32) -> I64:
+def _sub_base(fine_state: I32) -> I32:
     """Per fine cell, its block of subcells: the split cells' subcells are stored in the fine
-    cells' order (`child_keys_of`), so the j-th split cell's are slots 64 j to 64 j + 63."""
-    return np.ascontiguousarray(np.cumsum(fine_state == STATE_SUB) - 1, dtype=np.int64)
+    cells' order (`child_keys_of`), so the j-th split cell's are slots 64 j to 64 j + 63.
+
+    int32 (blocks are fewer than fine cells, below 2**31): one per fine cell, 18M at 1M zones.
+    """
+    return np.ascontiguousarray(np.cumsum(fine_state == STATE_SUB, dtype=np.int32) - 1)

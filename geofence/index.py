@@ -152,7 +152,10 @@ class ExactIndex:
         boxes = np.concatenate([boxes, shifted])
         tree_part = np.concatenate([tree_part, tree_part[east], tree_part[west]])
         self.tree_part = tree_part
-        self.tree = shapely.STRtree(shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]))
+        # The tree reads only its items' envelopes, and `candidates` asks it for no predicate:
+        # each box as its diagonal, a two-point line with the same envelope, gives the same
+        # tree and answers for two thirds of a polygon's memory (1M zones: ~140 MB less).
+        self.tree = shapely.STRtree(shapely.linestrings(boxes.reshape(-1, 2, 2)))
 
     def _project(self, wgs: npt.NDArray[np.object_], tiles: I64) -> npt.NDArray[np.object_]:
         out = np.empty(len(wgs), dtype=object)

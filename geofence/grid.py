@@ -918,8 +918,10 @@ def _sub_level(
     """The subcells of the split cells, classified against the pieces that could matter to
     them; the others only carry their clearance down (_fine_level measured both).
 
-    Why in chunks of split cells (CHUNK_PAIRS subcell pairs each): the budget allows 6M subcell
-    pairs, ~2.4 GB of work arrays at once. A subcell's pairs are all its parent's, so each
+    Why in chunks of split cells (CHUNK_PAIRS / 4 subcell pairs each): the budget allows 6M
+    subcell pairs, ~2.4 GB of work arrays at once. A quarter of the fine level's chunk, because
+    this phase runs with the whole fine level built: its work arrays are the compile's peak
+    (1M zones: ~0.4 GB -> ~0.1 GB on top). A subcell's pairs are all its parent's, so each
     subcell is classified whole, in the same order: the same level, bit for bit.
     """
     n_child = SUB * SUB
@@ -932,10 +934,11 @@ def _sub_level(
     parent_index = split.pair_combo[first]
     pair_start = np.concatenate([[0], np.cumsum(split.n_relevant)])
     out = _Chunks(own_frames=False)
+    chunk_pairs = CHUNK_PAIRS // 4
     a = 0
     while True:
-        # Split cells a..b-1: at most CHUNK_PAIRS subcell pairs (at least one cell).
-        b = int(np.searchsorted(pair_start, pair_start[a] + CHUNK_PAIRS // n_child, "right")) - 1
+        # Split cells a..b-1: at most chunk_pairs subcell pairs (at least one cell).
+        b = int(np.searchsorted(pair_start, pair_start[a] + chunk_pairs // n_child, "right")) - 1
         b = min(max(b, a + 1), len(split.cell))
         p0, p1 = pair_start[a], pair_start[b]
         j_of_pair = np.repeat(np.arange(b - a), split.n_relevant[a:b])
@@ -1207,7 +1210,8 @@ def _classify(
     """Classify cells from their (cell, zone piece) pairs.
 
     Returns the level (without a hash table: the caller adds one), each pair's clearance, and
-    the index of each pair's (cell, tile) combination among the level's. `parent` (keys of the
+    the index of each pair's (cell, tile) combination among the level's (fine level: -1 where
+    the level does not keep it, see below). `parent` (keys of the
     parent level's (cell, tile) combinations the cells need, their indexes in the parent level,
     its packed `combos`, and each cell's parent cell) lets subcells reuse their parent's affine
     maps instead of projecting again.
@@ -1290,8 +1294,15 @@ def _classify(
     order = np.flatnonzero(listed)[np.argsort(cell_of_pair[listed], kind="stable")]
     list_start = np.searchsorted(cell_of_pair[order], np.arange(n_cells + 1)).astype(np.int64)
     if parent is None:
-        # The fine level keeps every (cell, tile) frame: its subcells' lists use them too.
-        keep = np.arange(len(combo))
+        # The fine level keeps the (cell, tile) frames its lists name, and those of pieces a
+        # mixed cell may carry down to its subcells (whose lists name them too): the others are
+        # never read (1M zones: ~1/6 of 18M frames, 72 bytes each). Kept frames keep their
+        # order, and a pair whose frame is dropped gets -1.
+        used = np.zeros(len(combo), dtype=bool)
+        used[pair_combo[order]] = True
+        used[pair_combo[(state[cell_of_pair] == STATE_MIXED) & (clear_pair < CARRY_M)]] = True
+        keep = np.flatnonzero(used)
+        pair_combo = np.where(used[pair_combo], np.cumsum(used)[pair_combo] - 1, -1)
         entry_combo = pair_combo[order]
     else:
         # A subcell's affine map is its parent's (the same Jacobian and error bound, only

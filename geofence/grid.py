@@ -957,7 +957,6 @@ def _sub_level(
         )
         out.add(level)
         del level, j_of_pair, child_of_pair
-        release_freed_memory()
         report("subcells", int(pair_start[b]), int(pair_start[-1]))
         a = b
         if a >= len(split.cell):
@@ -1092,7 +1091,6 @@ def _fine_level(
         out.add(level)
         n_cells += len(keys)
         del level, keys, cell_of_pair, pair_part, pair_combo, clear_pair, timed_pair
-        release_freed_memory()  # the chunk's work arrays, before the next chunk's and the level
         report("fine cells", int(up_to_row[stop - 1]), int(up_to_row[-1]))
         row = stop
         if row >= bounds[1]:

@@ -49,7 +49,7 @@ from geofence.grid import (
     grid_presence,
 )
 from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
-from geofence.kernels import FlatParts, groups
+from geofence.kernels import KEY_BITS, FlatParts, HashTable, find, groups
 from geofence.policy import load_policy_text
 from geofence.reasons import Reason
 from geofence.zones import Zone
@@ -672,3 +672,41 @@ def test_circles_across_the_antimeridian_reach_zones_on_the_other_side(side: flo
     for i in range(len(lon)):
         engine_reason = Engine(zs).check_location(lat[i], lon[i], acc[i]).reason
         assert engine_reason is (Reason.ALLOWED if want[i] == KIND_CLEAR else Reason.NEAR_ZONE)
+
+
+def test_hash_table_finds_every_key_and_refuses_keys_it_cannot_pack() -> None:
+    """Packed entries (key and slot in one int64): each key finds its slot, others find none."""
+    rng = np.random.default_rng(5)
+    # Distinct keys in random order, the smallest and largest a table holds among them.
+    drawn = np.concatenate([rng.integers(0, 1 << KEY_BITS, 50_000), [0, (1 << KEY_BITS) - 1]])
+    keys = rng.permutation(np.unique(drawn)).astype(np.int64)
+    table = HashTable(keys)
+    assert np.array_equal(table.slot_keys(), keys)
+    found = [find(table.array, table.mask, k) for k in keys[:2000].tolist()]
+    assert found == list(range(2000))
+    absent = np.setdiff1d(rng.integers(0, 1 << KEY_BITS, 2000), keys)
+    assert all(find(table.array, table.mask, k) == -1 for k in absent.tolist())
+    for bad in ([-1], [1 << KEY_BITS]):
+        with pytest.raises(ValueError):
+            HashTable(np.array(bad, dtype=np.int64))
+
+
+def test_fine_level_keeps_only_the_frames_lists_name(bundled: ZoneSet) -> None:
+    """Every frame the fine level keeps is read by some fine or sub list entry."""
+    assert isinstance(bundled.index, GridIndex)
+    fine, sub = bundled.index.fine, bundled.index.sub
+    named = np.zeros(len(fine.combos), dtype=bool)
+    named[fine.entries[:, 1]] = True
+    named[sub.entries[:, 1]] = True
+    assert len(sub.entries) and named.all()
+
+
+def test_built_pieces_hand_the_kernels_their_own_coordinates(bundled: ZoneSet) -> None:
+    """FlatParts.xy is the built pieces' memory (no copy); two loose arrays are stacked."""
+    flat = FlatParts.build(bundled.exact.part_geom)
+    xy = flat.xy()
+    assert np.shares_memory(xy, flat.xs) and np.shares_memory(xy, flat.ys)
+    assert np.array_equal(xy, np.stack([flat.xs, flat.ys]))
+    loose = FlatParts(flat.is_point, flat.ring_start, flat.coord_start, flat.xs.copy(), flat.ys)
+    assert not np.shares_memory(loose.xy(), flat.xs)
+    assert np.array_equal(loose.xy(), xy)

@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         "and lookback of each category with the pack (and statute) that set it, the total "
         "area protected, and the zone-set version. A progress bar shows on a terminal when a "
         "step takes over a second: zone files read, then each stage of the index build (exact "
-        "index, fine cells, subcells, coarse cells) chunk by chunk. -o writes one checksummed "
+        "index, coarse cells, fine cells, subcells) chunk by chunk. -o writes one checksummed "
         "compiled file that `Engine.load` and every command here open.",
         "  geofence compile zones/\n  geofence compile zones/ -o zones.gfz\n"
         "  geofence compile zones.gfz --json\n",

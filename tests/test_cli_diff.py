@@ -208,7 +208,7 @@ def test_compile_with_progress_matches_from_paths(
     zs = load_zone_set([str(BUNDLED_ZONES)], progress=True)
     stages: list[str] = []
     ref = ZoneSet.from_paths(BUNDLED_ZONES, build_progress=lambda s, _d, _t: stages.append(s))
-    assert list(dict.fromkeys(stages)) == ["exact index", "fine cells", "subcells", "coarse cells"]
+    assert list(dict.fromkeys(stages)) == ["exact index", "coarse cells", "fine cells", "subcells"]
     assert bundled_gfz[1]["version"] == ref.version
     assert zs.version == ref.version and zs.ids == ref.ids
     assert zs.warnings == ref.warnings

@@ -534,7 +534,7 @@ def test_build_reports_every_stage_to_its_end(
     heard: list[tuple[str, int, int]] = []
     grid = GridIndex(ex, max_acc, progress=lambda *args: heard.append(args))
     stages = list(dict.fromkeys(stage for stage, _, _ in heard))
-    assert stages == ["fine cells", "subcells", "coarse cells"]
+    assert stages == ["coarse cells", "fine cells", "subcells"]
     for stage in stages:
         done = [d for s, d, _ in heard if s == stage]
         totals = {t for s, _, t in heard if s == stage}

@@ -150,7 +150,8 @@ def test_parse_other_tags_unescapes() -> None:
     }
 
 
-def test_the_bundling_tool_uses_this_table() -> None:
+def _bundling_tool() -> Any:
+    """tools/make_bundled_zones.py as a module."""
     path = REPO / "tools" / "make_bundled_zones.py"
     spec = importlib.util.spec_from_file_location("make_bundled_zones", path)
     assert spec is not None and spec.loader is not None
@@ -160,9 +161,33 @@ def test_the_bundling_tool_uses_this_table() -> None:
         spec.loader.exec_module(tool)
     finally:
         del sys.modules["make_bundled_zones"]
+    return tool
+
+
+def test_the_bundling_tool_uses_this_table() -> None:
+    tool = _bundling_tool()
     assert load_mapping() == tool.MAPPING
     assert tool.categorize({"healthcare": "dentist"}) == "clinic"
     assert tool.categorize({"amenity": "pharmacy"}) is None
+
+
+@pytest.mark.shared
+def test_the_bundling_tool_reproduces_the_bundled_folder(shared_data: Path, tmp_path: Path) -> None:
+    """Regenerating zones/ from ../shared/data gives every file back byte for byte, SOURCES.md
+    included (its hand-written beacon section kept), so the bundled data is what the script says.
+    """
+    bundled = REPO / "zones"
+    for hand_written in ("SOURCES.md", "beacons.csv"):
+        (tmp_path / hand_written).write_bytes((bundled / hand_written).read_bytes())
+    tool = _bundling_tool()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "make_bundled_zones", tool)
+        assert tool.main(["--data", str(shared_data), "--out", str(tmp_path)]) == 0
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == sorted(p.name for p in bundled.iterdir() if p.name != "README.md")
+    for name in made:
+        assert (tmp_path / name).read_bytes() == (bundled / name).read_bytes(), name
+    assert tool.HAND_WRITTEN in (tmp_path / "SOURCES.md").read_text(encoding="utf-8")
 
 
 # --- importing the real extracts -----------------------------------------------------------------

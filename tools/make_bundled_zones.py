@@ -639,6 +639,19 @@ The policy for these sample zones: the `us-strictest` pack (see `geofence/packs/
 # =================================================================================================
 
 
+# SOURCES.md ends with sections written by hand (files this script does not make); each starts
+# with this heading. A regeneration keeps them as they are.
+HAND_WRITTEN = "## `beacons.csv`"
+
+
+def with_hand_written(generated: str, previous: str) -> str:
+    """The generated SOURCES.md, followed by the hand-written tail of the previous one."""
+    at = previous.find(HAND_WRITTEN)
+    if at < 0:
+        return generated
+    return generated.rstrip("\n") + "\n\n" + previous[at:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="../shared/data")
@@ -656,7 +669,9 @@ def main(argv: list[str] | None = None) -> int:
         rep = build(data, out)
         reports[rep.name] = rep
     (out / "policy.toml").write_text(POLICY_TEXT, encoding="utf-8")
-    (out / "SOURCES.md").write_text(sources_md(reports, data), encoding="utf-8")
+    sources = out / "SOURCES.md"
+    previous = sources.read_text(encoding="utf-8") if sources.exists() else ""
+    sources.write_text(with_hand_written(sources_md(reports, data), previous), encoding="utf-8")
     verify(out)
 
     for rep in reports.values():

@@ -28,7 +28,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-try:  # built by `pip install` where a C compiler is found (setup.py: optional)
+try:  # built by `pip install` where a C compiler is found (pyproject.toml: optional)
     from geofence.presence._hmac import Keyer as _Keyer
 except ImportError:  # pragma: no cover - depends on the install
     _Keyer = None  # type: ignore[misc,assignment]

@@ -234,7 +234,7 @@ class GridIndex:
             fl.is_point,
             fl.ring_start,
             fl.coord_start,
-            fl.xy(),
+            fl.xy,
             _piece_boxes(fl),
         )
         # The single-point path is bound at its first request (_bind_single): batch-only users

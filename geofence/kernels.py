@@ -127,13 +127,22 @@ class FlatParts:
 
     Piece p owns rings ring_start[p]:ring_start[p+1]; ring k owns coordinates
     coord_start[k]:coord_start[k+1] of xs/ys. A Point piece has one ring of one coordinate.
+    The coordinates are the two rows of one (2, n) array `xy`, the shape the kernels take, so
+    packing their arguments copies none (1M zones: 150 MB).
     """
 
     is_point: npt.NDArray[np.bool_]
     ring_start: I64
     coord_start: I64
-    xs: F64
-    ys: F64
+    xy: F64
+
+    @property
+    def xs(self) -> F64:
+        return self.xy[0]
+
+    @property
+    def ys(self) -> F64:
+        return self.xy[1]
 
     @classmethod
     def build(cls, geoms: npt.NDArray[np.object_]) -> FlatParts:
@@ -150,29 +159,7 @@ class FlatParts:
         coord_start = np.searchsorted(coord_ring, np.arange(len(ring_geoms) + 1)).astype(np.int64)
         is_point = np.zeros(n, dtype=bool)
         is_point[owner[point]] = True
-        # xs and ys are the rows of one array, which the kernels take as it is (see `xy`).
-        xy = np.empty((2, len(coords)), dtype=np.float64)
-        xy[0], xy[1] = coords[:, 0], coords[:, 1]
-        return cls(is_point, ring_start, coord_start, xy[0], xy[1])
-
-    def xy(self) -> F64:
-        """xs and ys as the rows of one (2, n) array, the kernels' shape.
-
-        Why: built pieces hold their coordinates that way, and this is that array, not a copy
-        (1M zones: 150 MB); pieces loaded from a file have two arrays, which are stacked.
-        """
-        base = self.xs.base
-        if (
-            isinstance(base, np.ndarray)
-            and base is self.ys.base
-            and base.dtype == np.float64
-            and base.shape == (2, len(self.xs))
-            and base.flags.c_contiguous
-            and self.xs.ctypes.data == base.ctypes.data
-            and self.ys.ctypes.data == base.ctypes.data + base.strides[0]
-        ):
-            return base
-        return np.stack([self.xs, self.ys])
+        return cls(is_point, ring_start, coord_start, np.ascontiguousarray(coords.T))
 
 
 @numba.njit(cache=True, inline="always")

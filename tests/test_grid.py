@@ -702,11 +702,10 @@ def test_fine_level_keeps_only_the_frames_lists_name(bundled: ZoneSet) -> None:
 
 
 def test_built_pieces_hand_the_kernels_their_own_coordinates(bundled: ZoneSet) -> None:
-    """FlatParts.xy is the built pieces' memory (no copy); two loose arrays are stacked."""
-    flat = FlatParts.build(bundled.exact.part_geom)
-    xy = flat.xy()
-    assert np.shares_memory(xy, flat.xs) and np.shares_memory(xy, flat.ys)
-    assert np.array_equal(xy, np.stack([flat.xs, flat.ys]))
-    loose = FlatParts(flat.is_point, flat.ring_start, flat.coord_start, flat.xs.copy(), flat.ys)
-    assert not np.shares_memory(loose.xy(), flat.xs)
-    assert np.array_equal(loose.xy(), xy)
+    """The kernels get FlatParts' own (2, n) coordinates (no copy); xs and ys are its rows."""
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+    flat = grid.flat
+    assert any(a is flat.xy for a in grid._packed)
+    assert np.shares_memory(flat.xy, flat.xs) and np.shares_memory(flat.xy, flat.ys)
+    assert flat.xy.shape == (2, len(flat.xs)) and flat.xy.flags.c_contiguous

@@ -548,6 +548,13 @@ def _array_cases(members: Members) -> list[tuple[str, dict[str, Any], str]]:
             "strictly increasing",
         ),
         (
+            # Beyond what a packed hash table holds (2**34): the loader's worker thread that
+            # builds the tables raises on it, and the file must still be refused, not crash.
+            "key past the grid",
+            {"fine__keys": np.append(array(members, "fine.keys")[:-1], np.int64(1 << 40))},
+            "outside",
+        ),
+        (
             "sub frames present",
             {"sub__combos": np.zeros((1, 9))},
             "the sub level uses the fine level's",
@@ -579,7 +586,7 @@ _CASE_NAMES = [
     "entry part out of range", "entry frame out of range", "zone out of range",
     "state out of range", "list past the entries", "non-monotone offsets",
     "wkb offsets past the blob", "a split cell without subcells", "keys out of order",
-    "sub frames present", "sub entry frame past the fine level's", "nan frame",
+    "key past the grid", "sub frames present", "sub entry frame past the fine level's", "nan frame",
     "negative radius", "infinite buffer", "category", "tile",
 ]  # fmt: skip
 

@@ -227,42 +227,38 @@ class Engine:
                 return None
         else:
             return None
-        found = zs.index.locate_one(float(lon), float(lat), acc)
-        if found is None:
-            return None  # the exact index's case: the batch path, which knows the time
-        kind, z = found
+        if device_id is None:
+            found = zs.index.locate_one(float(lon), float(lat), acc)
+            if found is None:
+                return None  # the exact index's case: the batch path, which knows the time
+            kind, z = found
+            if kind != KIND_CLEAR:
+                return zs.rejections.get((kind, z)) or _rejected(zs, kind, z)
+            return zs.allowed
+        located = zs.index.locate_present_one(
+            float(lon), float(lat), acc, zs.presence_center_only
+        )
+        if located is None:
+            return None  # the exact index must tell the place or the presence: the batch path
+        kind, z, present = located
         if kind != KIND_CLEAR:
-            if device_id is not None and not self._record_one(zs, lon, lat, acc, raw_id, when):
-                return None  # presence only the exact index can tell: the batch path
+            if present.size:
+                self._record_key(zs, self._hasher.key_of_bytes(raw_id), present, when)
             # Already a rejection: the device's history cannot change it, so it is not read.
             return zs.rejections.get((kind, z)) or _rejected(zs, kind, z)
-        if device_id is not None:
-            # Clear of every zone by more than the accuracy: no presence to record, only history.
-            try:
-                if self._pending:
-                    self._flush_pending()
-                history = self._store.latest(self._hasher.key_of_bytes(raw_id))
-            except PresenceUnavailable:
-                self._warn("presence store unavailable: failing closed")
-                return Decision(False, Reason.STATE_UNAVAILABLE, zs.version)
-            if history:  # most devices have none: skip the call
-                blocked = _recently_inside(zs, history, when)
-                if blocked is not None:
-                    return blocked
+        # Clear of every zone by more than the accuracy: no presence to record, only history.
+        try:
+            if self._pending:
+                self._flush_pending()
+            history = self._store.latest(self._hasher.key_of_bytes(raw_id))
+        except PresenceUnavailable:
+            self._warn("presence store unavailable: failing closed")
+            return Decision(False, Reason.STATE_UNAVAILABLE, zs.version)
+        if history:  # most devices have none: skip the call
+            blocked = _recently_inside(zs, history, when)
+            if blocked is not None:
+                return blocked
         return zs.allowed
-
-    def _record_one(
-        self, zs: ZoneSet, lon: float, lat: float, acc: float, raw_id: bytes, when: float
-    ) -> bool:
-        """Record one request's presence as the batch path would; False if the grid can't tell."""
-        present = zs.index.presence_one(
-            float(lon), float(lat), acc, zs.policy.presence.rule == "center_inside"
-        )
-        if present is None:
-            return False
-        if present.size:
-            self._record_key(zs, self._hasher.key_of_bytes(raw_id), present, when)
-        return True
 
     def observe(
         self,
@@ -555,17 +551,16 @@ class Engine:
     ) -> None:
         """Record one hashed device inside each of `zones` at `at`, kept for the longest
         lookback (as the batch path keeps its records)."""
-        m = len(zones)
-        if m == 1:  # the usual case: one record, without arrays
-            at = float(at)
-            self._write_one(key, zs.category.item(zones[0]), at, at + zs.max_lookback_s)
+        at = float(at)
+        expires = at + zs.max_lookback_s
+        if len(zones) == 1:  # the usual case
+            self._write_one(key, zs.category.item(zones[0]), at, expires)
             return
-        self._write_presence(
-            [key] * m,
-            zs.category[zones],
-            np.array([at] * m),
-            np.array([at + zs.max_lookback_s] * m),
-        )
+        # A store keeps one record per (device, category), and these share their time and
+        # expiry: one record per category, each without arrays (nested zones are mostly of
+        # one category, and a single request's zones are few).
+        for cat in dict.fromkeys(map(zs.category.item, zones.tolist())):
+            self._write_one(key, cat, at, expires)
 
     def _audit_one(self, decision: Decision, device_id: Any, at: Any) -> None:
         """Hand one decision to the audit sink, keyed by the hashed device id. Never raises."""
@@ -789,7 +784,7 @@ class Engine:
                 lat_a if every else lat_a[ok],
                 acc if every else acc[ok],
                 at_a if every else at_a[ok],
-                presence_center_only=zs.policy.presence.rule == "center_inside",
+                presence_center_only=zs.presence_center_only,
                 need_presence=need,
             )
             hit = loc.kind != KIND_CLEAR

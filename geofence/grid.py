@@ -163,6 +163,7 @@ class _SinglePath(NamedTuple):
     one: Callable[..., int]
     presence: Callable[..., int]
     presence_zones: Callable[..., I64 | None]
+    one_present: Callable[..., tuple[int, int]]
 
 
 class GridIndex:
@@ -312,6 +313,34 @@ class GridIndex:
         """
         single = self._single or self._bind_single()
         code = single.presence(lon, lat, accuracy_m, center_only, single.tables)
+        return self._present_zones(single, code, lon, lat, accuracy_m, center_only)
+
+    def locate_present_one(
+        self, lon: float, lat: float, accuracy_m: float, center_only: bool = False
+    ) -> tuple[int, int, I64] | None:
+        """(kind, zone, zones present) of one point, or None where the exact index must tell
+        either: `locate_one` and, where it names a zone, `presence_one`, in one compiled call.
+
+        Why: a request with a device id that lands near a zone needs both, and a second call
+        from Python costs more (~0.5 us) than the lookup it repeats. A clear point is present
+        in no zone (its circle misses every zone by its buffer), so none are looked for.
+        """
+        single = self._single or self._bind_single()
+        code, presence = single.one_present(lon, lat, accuracy_m, center_only, single.tables)
+        if code < 0:
+            return None
+        if presence == 0:  # clear points, mostly: no second call
+            return code >> 32, (code & 0xFFFFFFFF) - 1, _NO_ZONES
+        zones = self._present_zones(single, presence, lon, lat, accuracy_m, center_only)
+        if zones is None:
+            return None
+        return code >> 32, (code & 0xFFFFFFFF) - 1, zones
+
+    def _present_zones(
+        self, single: _SinglePath, code: int, lon: float, lat: float, accuracy_m: float,
+        center_only: bool,
+    ) -> I64 | None:  # fmt: skip
+        """The zones a grid_presence_one code names (three or more: a second call lists them)."""
         if 0 < code < PRESENCE_TWO:
             return self._zone_rows[code - 1 : code]
         if code == 0:
@@ -334,13 +363,14 @@ class GridIndex:
         types: only locate_one and presence_one call these, with floats and these very tables.
         Two threads may bind at once; both get equivalent paths.
         """
-        tables = _make_tables(self._packed)
+        tables = _make_tables(self._packed + _scratch())
         f64, t = nbtypes.float64, numba.typeof(tables)
         self._single = _SinglePath(
             tables,
             grid_one.compile((f64, f64, f64, t)),
             grid_presence_one.compile((f64, f64, f64, nbtypes.boolean, t)),
             grid_presence_zones.compile((f64, f64, f64, nbtypes.boolean, t)),
+            grid_one_present.compile((f64, f64, f64, nbtypes.boolean, t)),
         )
         return self._single
 
@@ -547,12 +577,29 @@ NOGIL_MIN_POINTS = 2048
 # (GridIndex._pack), and returns a number. Inside, the batch kernels' own code runs (inlined)
 # for one point, so both paths decide alike. Presence's counterpart follows grid_presence.
 
-# The kernels' arrays, in their order of arguments (GridIndex._packed's order).
+# The kernels' arrays, in their order of arguments (GridIndex._packed's order), then grid_one's
+# scratch arrays (_scratch).
 _TABLE_FIELDS = (
     "forced", "far", "f_table", "f_ints", "f_floats", "f_entries", "f_combos",
     "sub_base", "s_ints", "s_floats", "s_entries", "s_combos", "c_table", "c_clear",
     "part_zone", "zone_m", "is_point", "ring_start", "coord_start", "xy", "pbox",
+    "one_point", "one_kind", "one_zone", "one_todo",
 )  # fmt: skip
+
+
+def _scratch() -> tuple[npt.NDArray[np.generic], ...]:
+    """grid_one's point (lon, lat, accuracy) and results, made once per `_Tables`.
+
+    Why: four arrays made per call cost ~0.13 us, a tenth of a clear request. One set per
+    tables is safe because grid_one holds the GIL while it runs (it is not nogil): two threads
+    never use them at once (tests/test_grid.py checks that it stays so).
+    """
+    return (
+        np.zeros(3),
+        np.zeros(1, dtype=np.int8),
+        np.zeros(1, dtype=np.int32),
+        np.zeros(1, dtype=np.bool_),
+    )
 
 
 @structref.register
@@ -629,12 +676,9 @@ _grid_kernel_inline = numba.njit(cache=True, inline="always")(_grid_kernel)
 @numba.njit(cache=True)
 def grid_one(lon: float, lat: float, acc: float, t: _Tables) -> np.int64:
     """One point through the kernel: kind << 32 | (zone + 1), or -1 for the exact index."""
-    # The point as views of one array, and results of their own: fewer allocations (~30 ns
-    # each) on the single-request path.
-    point = np.array((lon, lat, acc))
-    kind = np.empty(1, dtype=np.int8)
-    zone = np.empty(1, dtype=np.int32)
-    todo = np.empty(1, dtype=np.bool_)
+    # The point and results in the tables' scratch arrays (see _scratch): nothing allocated.
+    point, kind, zone, todo = t.one_point, t.one_kind, t.one_zone, t.one_todo
+    point[0], point[1], point[2] = lon, lat, acc
     _grid_kernel_inline(
         point[0:1], point[1:2], point[2:3], t.forced, t.far,
         t.f_table, t.f_ints, t.f_floats, t.f_entries, t.f_combos,
@@ -761,7 +805,8 @@ def _presence_of_one(
     lon: float, lat: float, acc: float, center_only: bool, t: _Tables
 ) -> tuple[bool, I64]:
     """(unsure, zones): `grid_presence` for one point, each zone once, in order of listing."""
-    point = np.array((lon, lat, acc))
+    point = t.one_point  # see _scratch
+    point[0], point[1], point[2] = lon, lat, acc
     _, zones, unsure = _grid_presence_inline(
         point[0:1], point[1:2], point[2:3], np.zeros(1, dtype=np.int64), center_only,
         t.forced, t.far,
@@ -820,6 +865,18 @@ def grid_presence_zones(
     """The zones one point is present in, each once, or None where the exact index must tell."""
     unsure, zones = _presence_of_one(lon, lat, acc, center_only, t)
     return None if unsure else zones
+
+
+@numba.njit(cache=True)
+def grid_one_present(
+    lon: float, lat: float, acc: float, center_only: bool, t: _Tables
+) -> tuple[np.int64, np.int64]:
+    """(grid_one's code, grid_presence_one's code) of one point; presence only where the
+    point is not clear (0, no zone, where it is; -1 for the exact index if the first is)."""
+    code = grid_one(lon, lat, acc, t)
+    if code < 0 or code >> 32 == KIND_CLEAR:
+        return code, np.int64(0)
+    return code, grid_presence_one(lon, lat, acc, center_only, t)
 
 
 # --- building ----------------------------------------------------------------------------------

@@ -84,6 +84,13 @@ class LocationIndex(Protocol):
         path."""
         ...
 
+    def locate_present_one(
+        self, lon: float, lat: float, accuracy_m: float, center_only: bool = False
+    ) -> tuple[int, int, npt.NDArray[np.int64]] | None:
+        """(kind, zone, zones present) of one point at any time, presence only where it is
+        not clear; None when either takes the full path."""
+        ...
+
 
 class ExactIndex:
     """STRtree candidates and exact distances in tile frames. The reference implementation."""
@@ -233,6 +240,12 @@ class ExactIndex:
     def presence_one(
         self, lon: float, lat: float, accuracy_m: float, center_only: bool = False
     ) -> npt.NDArray[np.int64] | None:
+        """None: as locate_one."""
+        return None
+
+    def locate_present_one(
+        self, lon: float, lat: float, accuracy_m: float, center_only: bool = False
+    ) -> tuple[int, int, npt.NDArray[np.int64]] | None:
         """None: as locate_one."""
         return None
 

@@ -52,10 +52,15 @@ class ZoneSet:
     max_lookback_s: float = field(init=False, repr=False)
     # The allowed decision, made once (it names only the version).
     allowed: Decision = field(init=False, repr=False)
+    # Presence counts a circle's centre only (the policy's "center_inside" rule).
+    presence_center_only: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_lookback_s", float(self.policy.max_lookback_s))
         object.__setattr__(self, "allowed", Decision(True, Reason.ALLOWED, self.version))
+        object.__setattr__(
+            self, "presence_center_only", self.policy.presence.rule == "center_inside"
+        )
 
     def __len__(self) -> int:
         return len(self.zones)

@@ -164,7 +164,10 @@ def test_internal_error_is_a_rejection(engine: Engine, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(e.zone_set.index, "locate", boom)
     monkeypatch.setattr(e.zone_set.index, "locate_one", boom)  # the single-request path
+    monkeypatch.setattr(e.zone_set.index, "locate_present_one", boom)  # ... with a device id
     d = e.check_location(lat=1.0, lon=1.0, accuracy_m=1.0)
+    assert (d.allowed, d.reason) == (False, Reason.INTERNAL_ERROR)
+    d = e.check_location(lat=1.0, lon=1.0, accuracy_m=1.0, device_id="ifa-1")
     assert (d.allowed, d.reason) == (False, Reason.INTERNAL_ERROR)
     b = e.check_many(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
     assert b.allowed.tolist() == [False, False]

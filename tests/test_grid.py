@@ -46,7 +46,11 @@ from geofence.grid import (
     _forward_distinct,
     coarse_reach,
     grid_kernel,
+    grid_one,
+    grid_one_present,
     grid_presence,
+    grid_presence_one,
+    grid_presence_zones,
 )
 from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
 from geofence.kernels import KEY_BITS, FlatParts, HashTable, find, groups
@@ -233,6 +237,47 @@ def test_one_point_presence_equals_the_batch_path(bundled: ZoneSet, center_only:
             asked += 1
             assert sorted(zones) == batch.get(i, []), (i, zones)
     assert unsure.any() and counts == {0, 1, 2, 3} and asked > n // 4
+
+
+@pytest.mark.parametrize("center_only", [False, True])
+def test_one_call_locates_and_tells_presence_as_the_two_calls_do(
+    bundled: ZoneSet, center_only: bool
+) -> None:
+    """locate_present_one (a request with a device id) is locate_one and, where that names a
+    zone, presence_one; None wherever either is None, and no zones where the point is clear."""
+    rng = np.random.default_rng(79)
+    lon, lat, acc = band_points(bundled, rng, per_zone=6)
+    acc[::13] = 5000.0  # large circles: some points defer to the exact index
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+    seen = set()
+    for x, y, a in zip(lon.tolist(), lat.tolist(), acc.tolist(), strict=True):
+        both = grid.locate_present_one(x, y, a, center_only)
+        located = grid.locate_one(x, y, a)
+        if located is None:
+            assert both is None
+            seen.add("deferred")
+            continue
+        if located[0] == KIND_CLEAR:
+            assert both is not None and both[:2] == located and both[2].size == 0
+            seen.add("clear")
+            continue
+        present = grid.presence_one(x, y, a, center_only)
+        if present is None:
+            assert both is None
+            seen.add("presence deferred")
+            continue
+        assert both is not None and both[:2] == located
+        assert both[2].tolist() == present.tolist()
+        seen.add(f"zones {min(len(present), 3)}")
+    assert {"deferred", "clear", "zones 1", "zones 2"} <= seen, seen
+
+
+def test_one_point_functions_hold_the_gil() -> None:
+    """The single-point functions write into their tables' scratch arrays (grid._scratch):
+    safe only while two threads never run them at once, that is while they hold the GIL."""
+    for f in (grid_one, grid_one_present, grid_presence_one, grid_presence_zones):
+        assert not f.targetoptions.get("nogil", False), f
 
 
 def test_one_point_tables_keep_their_arrays_alive() -> None:

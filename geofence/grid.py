@@ -54,7 +54,15 @@ from geofence.geodesy import (
     Frames,
     degree_margins,
 )
-from geofence.index import INTERIOR, KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex, Located
+from geofence.index import (
+    INTERIOR,
+    KIND_CLEAR,
+    KIND_INSIDE,
+    KIND_NEAR,
+    ExactIndex,
+    Located,
+    unique_pairs,
+)
 from geofence.kernels import FlatParts, HashTable, find, groups, point_distance, rings_scan
 
 FINE_PER_DEG = 512
@@ -286,8 +294,7 @@ class GridIndex:
             grid_zone = np.concatenate([grid_zone, sub.present_zone])
         if grid_point.size:
             # One pair per (point, zone), ordered by point, as the exact index gives them.
-            pairs = np.unique(np.column_stack([grid_point, grid_zone]), axis=0)
-            grid_point, grid_zone = pairs[:, 0], pairs[:, 1]
+            grid_point, grid_zone = unique_pairs(grid_point, grid_zone)
         return Located(kind, zone, grid_point, grid_zone)
 
     def locate_one(self, lon: float, lat: float, accuracy_m: float) -> tuple[int, int] | None:

@@ -200,8 +200,7 @@ class ExactIndex:
         pts, hits = self.tree.query(shapely.box(west, south, east, north))
         point, part = owner[pts].astype(np.int64), self.tree_part[hits].astype(np.int64)
         if wraps.size:  # one pair per (point, part): a piece may be found from both sides
-            pairs = np.unique(np.column_stack([point, part]), axis=0)
-            point, part = np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+            point, part = unique_pairs(point, part)
         return point, part
 
     def distances(self, lon: F64, lat: F64, pts: I64, parts: I64) -> F64:
@@ -289,8 +288,19 @@ class ExactIndex:
             chosen = order[first]
             zone[hp[chosen]] = hz[chosen]
             kind[hp[chosen]] = np.where(inside[hit][chosen], KIND_INSIDE, KIND_NEAR)
-        present_pairs = np.unique(np.column_stack([pts[present], zones[present]]), axis=0)
-        return Located(kind, zone, present_pairs[:, 0], present_pairs[:, 1])
+        return Located(kind, zone, *unique_pairs(pts[present], zones[present]))
+
+
+def unique_pairs(a: npt.NDArray[np.integer], b: npt.NDArray[np.integer]) -> tuple[I64, I64]:
+    """The distinct pairs (a[i], b[i]), ordered by a then b: np.unique(..., axis=0) of the two
+    columns.
+
+    Why: one int64 key a pair sorts several times faster than unique's rows (50,000 zones,
+    31k presence pairs: 7.9 -> 2.3 ms). Both hold indexes (points, pieces, zones), which are
+    non-negative and below 2**31, so a key keeps both whole.
+    """
+    key = np.unique((a.astype(np.int64) << 32) | b.astype(np.int64))
+    return key >> 32, key & 0xFFFFFFFF
 
 
 def _split_by_tile(geoms: npt.NDArray[np.object_]) -> tuple[I64, I64, npt.NDArray[np.object_]]:

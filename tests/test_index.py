@@ -12,9 +12,11 @@ import pyproj
 import pytest
 import shapely
 from conftest import BUNDLED_ZONES
+from hypothesis import given
+from hypothesis import strategies as st
 
 from geofence.categories import Category
-from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR
+from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, unique_pairs
 from geofence.policy import load_policy_text
 from geofence.zones import Zone, read_zones
 from geofence.zoneset import ZoneSet
@@ -304,3 +306,17 @@ def test_oracle_on_london_places_of_worship(shared_data: Path) -> None:
     n = len(lons)
     loc = zs.index.locate(np.array(lons), np.array(lats), np.zeros(n), np.zeros(n))
     assert np.all(loc.kind != KIND_CLEAR)
+
+
+_INDEX = st.integers(0, 2**31 - 1) | st.integers(0, 5)  # small ones repeat
+
+
+@given(st.lists(st.tuples(_INDEX, _INDEX), max_size=60))
+def test_unique_pairs_are_uniques_rows(pairs: list[tuple[int, int]]) -> None:
+    """unique_pairs gives what np.unique(..., axis=0) gives of the two columns, in its order."""
+    a = np.array([p[0] for p in pairs], dtype=np.int64)
+    b = np.array([p[1] for p in pairs], dtype=np.int64)
+    got_a, got_b = unique_pairs(a, b)
+    want = np.unique(np.column_stack([a, b]).reshape(-1, 2), axis=0)
+    assert got_a.dtype == got_b.dtype == np.int64
+    assert got_a.tolist() == want[:, 0].tolist() and got_b.tolist() == want[:, 1].tolist()

@@ -33,6 +33,7 @@ from geofence.index import KIND_CLEAR, KIND_INSIDE
 from geofence.openrtb import InvalidBidRequest, parse_bid_request
 from geofence.presence.base import PresenceStore
 from geofence.presence.blocks import fold_events
+from geofence.presence.distinct import PackedIds, distinct_ids, pack_ids
 from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import MemoryStore
 from geofence.presence.url import open_store, secret_bytes
@@ -740,7 +741,7 @@ class Engine:
         bad |= given_acc & ~((acc_a >= 0.0) & np.isfinite(acc_a))
         src, bad_src = _sources(source, n)
         bad |= bad_src
-        ids, bad_ids = _device_ids(device_ids, n)
+        ids, bad_ids, packed = _device_ids(device_ids, n)
         bad |= bad_ids
 
         reason = np.full(n, _R[Reason.ALLOWED], dtype=np.uint8)
@@ -766,6 +767,8 @@ class Engine:
             acc = np.where(is_ip, np.fmax(acc, rules.ip_accuracy_m), acc)
         if device_ids is None:
             no_id = np.ones(n, dtype=bool)
+        elif packed is not None:  # every id valid
+            no_id = np.zeros(n, dtype=bool)
         else:
             no_id = np.fromiter(map(operator.is_, ids, itertools.repeat(None)), bool, count=n)
         if rules.no_device_id == "reject":
@@ -799,6 +802,7 @@ class Engine:
                 self._history(
                     zs,
                     ids,
+                    packed,
                     at_a,
                     ok,
                     loc.present_point,
@@ -814,10 +818,30 @@ class Engine:
         allowed = reason == _R[Reason.ALLOWED]
         return BatchDecision(allowed, reason, zone, category, until, zs.version, zs.ids)
 
+    def _distinct_keys(
+        self, ids: list[str | None], packed: PackedIds | None, has_id: npt.NDArray[np.intp]
+    ) -> tuple[npt.NDArray[np.intp], list[bytes]]:
+        """(dev, keys): dev[j] is the distinct device of request has_id[j], keys[d] its key.
+
+        Each distinct device is hashed and read once (a batch often holds a device many times).
+        Packed ids go through the compiled table and are hashed from their packed bytes;
+        otherwise pandas' hash table does it in one C pass (half the time of a dict of first
+        appearances and a lookup per request).
+        """
+        found = None if packed is None else distinct_ids(packed, has_id)
+        if found is not None:
+            dev, blob, offsets = found
+            return dev, self._hasher.keys_packed(blob, offsets)
+        id_arr = np.array(ids, dtype=object)
+        codes, uniques = pd.factorize(id_arr if len(has_id) == len(ids) else id_arr[has_id])
+        distinct: list[str] = uniques.tolist()  # has_id holds only requests with a str id
+        return codes.astype(np.intp, copy=False), self._hasher.keys(distinct)
+
     def _history(
         self,
         zs: ZoneSet,
         ids: list[str | None],
+        packed: PackedIds | None,
         at: F64,
         ok: npt.NDArray[np.intp],
         present_point: npt.NDArray[np.int64],
@@ -836,15 +860,8 @@ class Engine:
         the request's time. Python touches only devices that have one of those; the rest is
         array work over the batch.
         """
-        # Each distinct device is hashed and read once (a batch often holds a device many
-        # times): dev[j] is the distinct device of request has_id[j], numbered in order of
-        # first appearance. pandas' hash table does it in one C pass (half the time of a dict
-        # of first appearances and a lookup per request).
-        id_arr = np.array(ids, dtype=object)
-        codes, uniques = pd.factorize(id_arr if len(has_id) == len(ids) else id_arr[has_id])
-        dev = codes.astype(np.intp, copy=False)
-        distinct: list[str] = uniques.tolist()  # has_id holds only requests with a str id
-        keys = self._hasher.keys(distinct)
+        dev, keys = self._distinct_keys(ids, packed, has_id)
+        n_dev = len(keys)
         # Presence seen in this batch: (request, category, time, end of its lookback).
         pres_req = ok[present_point]
         with_id = ~no_id[pres_req]
@@ -866,8 +883,8 @@ class Engine:
         # Only devices with a stored history, or with presence in this batch, can be blocked.
         if found is not None and (found or len(pres_req)):
             lookback = zs.lookback_s
-            dev_end = np.full(len(distinct), -np.inf)
-            dev_cat = np.full(len(distinct), -1, dtype=np.int64)
+            dev_end = np.full(n_dev, -np.inf)
+            dev_cat = np.full(n_dev, -1, dtype=np.int64)
             for d, history in found.items():
                 dev_end[d], dev_cat[d] = _block_end(history, lookback)
             req_end = dev_end[dev]
@@ -878,7 +895,7 @@ class Engine:
                 # after it, as one request at a time (fold_events says how ties go).
                 fold_events(
                     dev, req_at, req_end, req_cat,
-                    pres_dev, pres_t, pres_end, pres_cat.astype(np.int64), len(distinct),
+                    pres_dev, pres_t, pres_end, pres_cat.astype(np.int64), n_dev,
                 )  # fmt: skip
             blocked = (req_at < req_end) & (reason[has_id] == _R[Reason.ALLOWED])
             hit = has_id[blocked]
@@ -1093,30 +1110,37 @@ def _sources(source: Any, n: int) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.
     return codes, bad
 
 
-def _device_ids(device_ids: Any, n: int) -> tuple[list[str | None], npt.NDArray[np.bool_]]:
-    """The ids (None for none) and which are malformed; `_device_id` says what counts as what."""
+def _device_ids(
+    device_ids: Any, n: int
+) -> tuple[list[str | None], npt.NDArray[np.bool_], PackedIds | None]:
+    """The ids (None for none), which are malformed, and the ids packed when every one is a
+    valid ASCII id; `_device_id` says what counts as what."""
     bad = np.zeros(n, dtype=bool)
     if device_ids is None:
-        return [None] * n, bad
+        return [None] * n, bad, None
     if isinstance(device_ids, str):
         device_ids = [device_ids] * n if n == 1 else None
     if not isinstance(device_ids, np.ndarray | list | tuple) or len(device_ids) != n:
-        return [None] * n, np.ones(n, dtype=bool)
+        return [None] * n, np.ones(n, dtype=bool), None
     # The common batch, every id plain valid text, checked in a few C-level passes instead of a
     # Python call per id (lone surrogates anywhere make the joined text fail to encode).
     seq = device_ids.tolist() if isinstance(device_ids, np.ndarray) else list(device_ids)
+    # The usual batch, plain ASCII ids: checked by the compiled pass that packs them.
+    packed = pack_ids(seq, MAX_DEVICE_ID)
+    if packed is not None:
+        return seq, bad, packed
     if (
         set(map(type, seq)) <= {str}
         and all(map(str.strip, seq))
         and max(map(len, seq), default=0) <= MAX_DEVICE_ID
         and _encodable("".join(seq))
     ):
-        return seq, bad
+        return seq, bad, None
     out: list[str | None] = []
     for i, d in enumerate(device_ids):
         device, bad[i] = _device_id(d)
         out.append(device)
-    return out, bad
+    return out, bad, None
 
 
 def _valid_device_id(value: Any) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from geofence import engine as engine_module
 from geofence.engine import Engine
 from geofence.presence import MemoryStore
 from geofence.reasons import Reason
@@ -57,11 +58,18 @@ def decided(d: Any) -> tuple[Any, ...]:
     return (d.allowed, d.reason, d.zone_id, d.category, d.until)
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_batch_decides_as_requests_one_at_a_time_in_time_order(
-    bundled: ZoneSet, seed: int
+    bundled: ZoneSet, seed: int, packed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """History from an earlier batch, presence within the batch, several visits per device."""
+    """History from an earlier batch, presence within the batch, several visits per device.
+
+    Both ways of finding a batch's devices: packed ASCII ids (the compiled table), and the
+    general path (pandas) that every other batch takes.
+    """
+    if not packed:
+        monkeypatch.setattr(engine_module, "pack_ids", lambda seq, max_len: None)
     batch_engine = Engine(bundled, presence=MemoryStore(), presence_secret=SECRET)
     single_engine = Engine(bundled, presence=MemoryStore(), presence_secret=SECRET)
     earlier = requests(bundled, 300, 40, seed + 100)

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,6 +146,9 @@ def test_without_libcrypto_hashlib_does_the_work(
     assert not h.native_single
     assert h.keys(ids) == standard(SECRET, ids)
     assert [h.key(d) for d in ids] == standard(SECRET, ids)
+    offsets = np.cumsum([0, *map(len, ids)])
+    blob = np.frombuffer(bytearray("".join(ids), "ascii"), dtype=np.uint8)
+    assert h.keys_packed(blob, offsets) == standard(SECRET, ids)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="libcrypto.so.3 is looked for on Linux")

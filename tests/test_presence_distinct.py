@@ -1,0 +1,118 @@
+"""Packed device ids: the compiled checks and distinct-device table against plain references.
+
+Why: `pack_ids` replaces the engine's Python checks of each id, and `distinct_ids` pandas'
+factorize, on the common batch. Either getting one id wrong would decide a request for the
+wrong device, so both are compared here with the code they replace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geofence.engine import MAX_DEVICE_ID, _device_id
+from geofence.presence.distinct import distinct_ids, pack_ids
+from geofence.presence.keyhash import DeviceHasher
+
+SECRET = b"0123456789abcdef-test-secret"
+
+
+def unpacked(blob: np.ndarray, start: np.ndarray, length: np.ndarray) -> list[str]:
+    raw = blob.tobytes()
+    spans = zip(start.tolist(), length.tolist(), strict=True)
+    return [raw[a : a + n].decode("ascii") for a, n in spans]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "",  # blank: no id, not a packed one
+        "   ",
+        "\t\x1c",  # str.isspace's ASCII whitespace includes the file separators
+        "x" * (MAX_DEVICE_ID + 1),
+        "ifa-é",  # non-ASCII: the general path
+        "a\0b",  # a NUL would split the packed text
+        "\0",
+        None,
+        5,
+        np.str_("ifa-numpy"),  # a str subclass: the general path keeps its str()
+    ],
+)
+def test_a_batch_with_any_other_kind_of_id_is_not_packed(odd: object) -> None:
+    assert pack_ids(["ifa-1", odd, "ifa-2"], MAX_DEVICE_ID) is None
+    assert pack_ids([odd], MAX_DEVICE_ID) is None
+    assert pack_ids([], MAX_DEVICE_ID) is None
+
+
+ascii_ids = st.text(st.characters(max_codepoint=127), max_size=MAX_DEVICE_ID + 3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(seq=st.lists(ascii_ids, min_size=1, max_size=40))
+def test_packing_accepts_exactly_the_ids_the_general_path_finds_valid(seq: list[str]) -> None:
+    """Packed when every id is valid by `_device_id` (and then each unpacks to itself)."""
+    packed = pack_ids(list(seq), MAX_DEVICE_ID)
+    valid = all(_device_id(d) == (d, False) for d in seq) and all("\0" not in d for d in seq)
+    assert (packed is not None) == valid
+    if packed is not None:
+        assert unpacked(packed.blob, packed.start, packed.length) == seq
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pool=st.lists(st.text("abcxyz-0\x7f", min_size=1, max_size=9).filter(str.strip),
+                  min_size=1, max_size=30),
+    picks=st.lists(st.integers(0, 10_000), min_size=1, max_size=200),
+    keep=st.integers(0, 2**30),
+)  # fmt: skip
+def test_distinct_devices_are_pandas_factorize(
+    pool: list[str], picks: list[int], keep: int
+) -> None:
+    """The same numbering (order of first appearance) and the same ids, for any rows."""
+    seq = [pool[p % len(pool)] for p in picks]
+    packed = pack_ids(seq, MAX_DEVICE_ID)
+    assert packed is not None
+    rng = np.random.default_rng(keep)
+    rows = np.flatnonzero(rng.random(len(seq)) < 0.7) if keep % 2 else np.arange(len(seq))
+    found = distinct_ids(packed, rows)
+    assert found is not None
+    dev, blob, offsets = found
+    codes, uniques = pd.factorize(np.array(seq, dtype=object)[rows])
+    assert dev.tolist() == codes.tolist()
+    starts = offsets[:-1]
+    assert unpacked(blob, starts, np.diff(offsets)) == uniques.tolist()
+
+
+def test_a_large_batch_of_random_ids_is_pandas_factorize() -> None:
+    """Enough ids that the table's probe runs and tag matches are exercised."""
+    rng = np.random.default_rng(5)
+    pool = [f"{rng.integers(0, 2**63):x}-{i}" for i in range(20_000)]
+    seq = [pool[i] for i in rng.integers(0, len(pool), 100_000)]
+    packed = pack_ids(seq, MAX_DEVICE_ID)
+    assert packed is not None
+    found = distinct_ids(packed, np.arange(len(seq)))
+    assert found is not None
+    codes, uniques = pd.factorize(np.array(seq, dtype=object))
+    assert found[0].tolist() == codes.tolist()
+    assert unpacked(found[1], found[2][:-1], np.diff(found[2])) == uniques.tolist()
+
+
+def test_packed_keys_are_the_keys_of_the_ids() -> None:
+    """`keys_packed` hashes the packed bytes as `keys` hashes the ids: the standard HMAC."""
+    seq = ["ifa-1", "ifa-2", "ifa-1", "x" * 64, "y" * 55]
+    packed = pack_ids(seq, MAX_DEVICE_ID)
+    assert packed is not None
+    found = distinct_ids(packed, np.arange(len(seq)))
+    assert found is not None
+    dev, blob, offsets = found
+    h = DeviceHasher(SECRET)
+    distinct = ["ifa-1", "ifa-2", "x" * 64, "y" * 55]
+    want = [hmac.new(SECRET, d.encode(), hashlib.sha256).digest() for d in distinct]
+    assert dev.tolist() == [0, 1, 0, 2, 3]
+    assert h.keys_packed(blob, offsets) == want == h.keys(distinct)

@@ -32,7 +32,7 @@ from geofence.errors import PresenceUnavailable
 from geofence.index import KIND_CLEAR, KIND_INSIDE
 from geofence.openrtb import InvalidBidRequest, parse_bid_request
 from geofence.presence.base import PresenceStore
-from geofence.presence.blocks import fold_events
+from geofence.presence.blocks import block_ends, fold_events
 from geofence.presence.distinct import PackedIds, distinct_ids, pack_ids
 from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import MemoryStore
@@ -874,19 +874,15 @@ class Engine:
         pres_dev = dev_of_request[pres_req]
         try:
             self._flush_pending()
-            found = self._store.latest_found(keys)
+            found = self._store.latest_records(keys)
         except PresenceUnavailable:
             self._warn(f"presence store unavailable: failing closed for {len(has_id)} requests")
             undecided = has_id[reason[has_id] == _R[Reason.ALLOWED]]
             reason[undecided] = _R[Reason.STATE_UNAVAILABLE]
             found = None
         # Only devices with a stored history, or with presence in this batch, can be blocked.
-        if found is not None and (found or len(pres_req)):
-            lookback = zs.lookback_s
-            dev_end = np.full(n_dev, -np.inf)
-            dev_cat = np.full(n_dev, -1, dtype=np.int64)
-            for d, history in found.items():
-                dev_end[d], dev_cat[d] = _block_end(history, lookback)
+        if found is not None and (len(found[0]) or len(pres_req)):
+            dev_end, dev_cat = block_ends(*found, zs.lookback_s, n_dev)
             req_end = dev_end[dev]
             req_cat = dev_cat[dev]
             req_at = at[has_id]

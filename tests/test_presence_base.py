@@ -166,3 +166,24 @@ def test_latest_found_lists_only_keys_with_records(
     assert store.latest_found(asked) == expected
     assert store.latest_many(asked) == [expected.get(i, {}) for i in range(len(asked))]
     assert store.latest_found([]) == {}
+
+
+def test_latest_records_are_latest_found_as_rows(
+    store: PresenceStore, hasher: DeviceHasher
+) -> None:
+    """One row per unexpired record, a key's rows adjacent and in its `latest_found` order."""
+    now = time.time()
+    keys = hasher.keys([f"ifa-rows-{i}" for i in range(12)])
+    rows = [(k, c, now - i - c, now + 60) for i, k in enumerate(keys[::3]) for c in (4, 1, 7)]
+    store.record_many(*batch(rows[:-2]))
+    store.record(keys[1], 3, now, now + 0.2)  # expires before the read below
+    time.sleep(0.4)
+    asked = [*keys, keys[0]]
+    found = store.latest_found(asked)
+    position, category, stamps = store.latest_records(asked)
+    assert position.dtype == category.dtype == np.int64 and stamps.dtype == np.float64
+    flat = [(i, c, t) for i, h in found.items() for c, t in h.items()]
+    assert list(zip(position.tolist(), category.tolist(), stamps.tolist(), strict=True)) == flat
+    assert len(flat) == 3 * 4 - 2 + 3  # keys[0] asked twice; keys[1]'s record expired
+    empty = store.latest_records([])
+    assert [a.tolist() for a in empty] == [[], [], []]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geofence.presence.blocks import fold_events
+from geofence.engine import _block_end
+from geofence.presence.blocks import block_ends, fold_events
 
 
 def reference(
@@ -64,3 +66,33 @@ def test_fold_events_equals_the_plain_loop(
     )
     assert req_end.tolist() == want_end
     assert req_cat.tolist() == want_cat
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    histories=st.lists(
+        st.dictionaries(st.integers(0, 4), st.sampled_from([0.0, 1.0, 2.0, 3.0]), max_size=4),
+        max_size=6,
+    ),
+)
+def test_block_ends_equals_the_engine_per_device(histories: list[dict[int, float]]) -> None:
+    """The compiled pass gives `_block_end` of each history, ties included (the first record
+    listed keeps them); a device with no records gets (-inf, -1)."""
+    lookback = np.array([2.0, 1.0, 3.0, 2.0, 0.0])
+    position = [d for d, h in enumerate(histories) for _ in h]
+    category = [c for h in histories for c in h]
+    stamps = [t for h in histories for t in h.values()]
+    end, cat = block_ends(
+        np.array(position, dtype=np.int64), np.array(category, dtype=np.int64),
+        np.array(stamps, dtype=np.float64), lookback, len(histories),
+    )  # fmt: skip
+    for d, h in enumerate(histories):
+        want = _block_end(h, lookback) if h else (-np.inf, -1)
+        assert (end[d], cat[d]) == want
+
+
+def test_block_ends_refuses_a_category_without_a_lookback() -> None:
+    """As `lookback_s[c]` would: an exception (the batch fails closed), not a read past the end."""
+    one = np.zeros(1, dtype=np.int64)
+    with pytest.raises(IndexError):
+        block_ends(one, np.array([5], dtype=np.int64), np.zeros(1), np.ones(5), 1)

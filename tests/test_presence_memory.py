@@ -171,9 +171,28 @@ def test_a_subclass_that_wraps_latest_many_sees_every_read() -> None:
     store.record(k, 2, now, now + 60)
     assert store.latest(k) == {2: now}
     assert store.latest_found([b"x" * 32, k]) == {1: {2: now}}
-    assert seen == [1, 2]
+    assert [a.tolist() for a in store.latest_records([k])] == [[0], [2], [now]]
+    assert seen == [1, 2, 1]
     # The plain store keeps its shortcuts.
     assert MemoryStore.latest is not Wrapped.latest
+
+
+def test_a_subclass_that_wraps_latest_found_sees_the_engine_s_reads() -> None:
+    """`latest_records` (what a batch reads) goes through a wrapper's own `latest_found`."""
+    seen: list[int] = []
+
+    class Wrapped(MemoryStore):
+        def latest_found(self, keys: Any) -> Any:
+            seen.append(len(keys))
+            return super().latest_found(keys)
+
+    store = Wrapped()
+    k = DeviceHasher(SECRET).key("ifa-1")
+    now = time.time()
+    store.record(k, 2, now, now + 60)
+    assert [a.tolist() for a in store.latest_records([b"x" * 32, k])] == [[1], [2], [now]]
+    assert seen == [2]
+    assert MemoryStore.latest_records is not Wrapped.latest_records
 
 
 def test_a_subclass_that_wraps_record_many_sees_every_write() -> None:
@@ -268,3 +287,73 @@ def test_single_lookup_skips_expired_records(clock: Clock) -> None:
     assert store.latest_found([k]) == {0: {2: clock.now - 50}}
     clock.now += 100
     assert store.latest(k) == {} and store.latest_found([k]) == {}
+
+
+def record_arrays(
+    records: list[tuple[bytes, int, float, float]],
+) -> tuple[list[bytes], np.ndarray, np.ndarray, np.ndarray]:
+    """record_many's arguments from (key, category, time, expires_at) tuples."""
+    return (
+        [r[0] for r in records],
+        np.array([r[1] for r in records], dtype=np.uint8),
+        np.array([r[2] for r in records], dtype=np.float64),
+        np.array([r[3] for r in records], dtype=np.float64),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    first=st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 2), st.integers(0, 3), st.integers(0, 3)),
+        max_size=40,
+    ),
+    second=st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 2), st.integers(0, 3), st.integers(0, 3)),
+        min_size=17,
+        max_size=40,
+    ),
+    max_devices=st.sampled_from([3, 100]),
+)
+def test_record_many_keeps_what_one_record_at_a_time_keeps(
+    first: list[tuple[int, int, int, int]],
+    second: list[tuple[int, int, int, int]],
+    max_devices: int,
+) -> None:
+    """Leaving out records that change nothing (`_changing`) leaves the store as a `record`
+    call per record would, through ties, several categories and a full store's evictions."""
+    now = time.time()
+    keys = [bytes([k]) * 32 for k in range(6)]
+
+    def rows(spec: list[tuple[int, int, int, int]]) -> list[tuple[bytes, int, float, float]]:
+        return [(keys[k], c, now - 10 + t, now + 100 + e) for k, c, t, e in spec]
+
+    batched, single = MemoryStore(max_devices), MemoryStore(max_devices)
+    for spec in (first, second):
+        batched.record_many(*record_arrays(rows(spec)))
+        for r in rows(spec):
+            single.record(*r)
+    assert batched.dump() == single.dump()
+    assert batched.evicted == single.evicted
+
+
+def test_a_replayed_batch_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records no later than what their device holds, in time and expiry, cost no `_put`; a
+    record later in either still changes the store."""
+    now = time.time()
+    keys = [bytes([k]) * 32 for k in range(40)]
+    records = [(k, 3, now - 5, now + 60) for k in keys]
+    store = MemoryStore()
+    store.record_many(*record_arrays(records))
+    puts: list[bytes] = []
+    put = store._put
+    monkeypatch.setattr(store, "_put", lambda key, *rest: (puts.append(key), put(key, *rest)))
+    store.record_many(*record_arrays(records))
+    assert puts == []
+    earlier = [(k, 3, now - 9, now + 30) for k in keys]
+    store.record_many(*record_arrays(earlier))
+    assert puts == []
+    later = [*records[:20], (keys[20], 3, now - 1, now + 60), (keys[21], 3, now - 5, now + 90)]
+    store.record_many(*record_arrays(later))
+    assert puts == [keys[20], keys[21]]
+    assert store.dump()[keys[20]] == {3: (now - 1, now + 60)}
+    assert store.dump()[keys[21]] == {3: (now - 5, now + 90)}

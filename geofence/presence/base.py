@@ -12,6 +12,9 @@ import numpy.typing as npt
 
 _FEW = 16
 
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
 
 def record_lists(
     keys: Sequence[bytes],
@@ -76,6 +79,8 @@ class PresenceStore(ABC):
                 cls.latest = PresenceStore.latest  # type: ignore[method-assign]
             if "latest_found" not in own:
                 cls.latest_found = PresenceStore.latest_found  # type: ignore[method-assign]
+        if ("latest_many" in own or "latest_found" in own) and "latest_records" not in own:
+            cls.latest_records = PresenceStore.latest_records  # type: ignore[method-assign]
 
     @abstractmethod
     def record_many(
@@ -114,6 +119,23 @@ class PresenceStore(ABC):
         it holds can skip building an empty result for each of the others.
         """
         return {i: h for i, h in enumerate(self.latest_many(keys)) if h}
+
+    def latest_records(self, keys: Sequence[bytes]) -> tuple[I64, I64, F64]:
+        """`latest_found` as arrays (position, category, time), one row per record.
+
+        A key's records are adjacent, in the order its `latest_found` dict lists them. What
+        the engine reads: it settles every device's block in one compiled pass over these,
+        instead of a Python call per device with a history.
+        """
+        found = self.latest_found(keys)
+        position = [i for i, h in found.items() for _ in h]
+        category = [c for h in found.values() for c in h]
+        times = [t for h in found.values() for t in h.values()]
+        return (
+            np.array(position, dtype=np.int64),
+            np.array(category, dtype=np.int64),
+            np.array(times, dtype=np.float64),
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing to release
         """Release connections and files."""

@@ -58,3 +58,29 @@ def fold_events(
                 best_end, best_cat = ev_end[i], ev_cat[i]
         req_end[j] = best_end
         req_cat[j] = best_cat
+
+
+@numba.njit(cache=True, nogil=True)
+def block_ends(
+    position: I64, category: I64, times: F64, lookback_s: F64, n_dev: int
+) -> tuple[F64, I64]:
+    """(end, category) of each device's latest presence block, from its stored records
+    (`PresenceStore.latest_records`): -inf and -1 for a device with none.
+
+    The engine's `_block_end` per device, in one pass: a record's block ends at its time plus
+    its category's lookback, and only a strictly later end replaces an earlier record's.
+    """
+    end = np.full(n_dev, -np.inf)
+    cat = np.full(n_dev, -1, dtype=np.int64)
+    for i in range(position.size):
+        d, c = position[i], category[i]
+        # Indexed as Python indexes `lookback_s[c]` (a store holding a category no policy
+        # has must fail the batch, not read past the array).
+        if c < 0:
+            c += lookback_s.size
+        if not 0 <= c < lookback_s.size:
+            raise IndexError("a stored category has no lookback")
+        e = times[i] + lookback_s[c]
+        if e > end[d]:
+            end[d], cat[d] = e, c
+    return end, cat

@@ -116,3 +116,20 @@ def test_packed_keys_are_the_keys_of_the_ids() -> None:
     want = [hmac.new(SECRET, d.encode(), hashlib.sha256).digest() for d in distinct]
     assert dev.tolist() == [0, 1, 0, 2, 3]
     assert h.keys_packed(blob, offsets) == want == h.keys(distinct)
+
+
+def test_ids_differing_in_one_byte_anywhere_are_distinct() -> None:
+    """Words and tails: ids of every length up to 40 that differ in a single byte, at every
+    position, are different devices; the same ids again are the same ones."""
+    seq = []
+    for length in range(1, 41):
+        base = "".join(chr(97 + (i * 7) % 26) for i in range(length))
+        seq += [base[:k] + "Z" + base[k + 1 :] for k in range(length)] + [base]
+    twice = seq + seq
+    packed = pack_ids(twice, MAX_DEVICE_ID)
+    assert packed is not None
+    found = distinct_ids(packed, np.arange(len(twice)))
+    assert found is not None
+    codes, uniques = pd.factorize(np.array(twice, dtype=object))
+    assert found[0].tolist() == codes.tolist()
+    assert unpacked(found[1], found[2][:-1], np.diff(found[2])) == uniques.tolist()

@@ -10,7 +10,6 @@ import heapq
 import itertools
 import logging
 import math
-import operator
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -152,13 +151,14 @@ class MemoryStore(PresenceStore):
     def latest_records(self, keys: Sequence[bytes]) -> tuple[I64, I64, F64]:
         """`latest_found` as arrays (position, category, time), one row per unexpired record."""
         now = time.time()
+        data = self._data
+        # C-level passes only: which keys are stored, their records (most keys are not), and
+        # those flattened, a row each.
         with self._lock:
-            got = list(map(self._data.get, keys))
+            hit = np.fromiter(map(data.__contains__, keys), bool, len(keys))
+            records = list(map(data.__getitem__, itertools.compress(keys, hit)))
         # Outside the lock: a device's records are a tuple writers replace, never change.
-        # C-level passes only: which keys were found, and their records flattened, a row each.
-        hit = np.fromiter(map(operator.is_not, got, itertools.repeat(None)), bool, len(got))
         position = np.flatnonzero(hit)
-        records = list(filter(None, got))  # a stored device has at least one record
         sizes = np.fromiter(map(len, records), np.int64, len(records)) // 3
         rows = np.fromiter(
             itertools.chain.from_iterable(records), np.float64, 3 * int(sizes.sum())

@@ -857,8 +857,8 @@ class Engine:
 
         Per request, the block that applies ends at the latest of: the stored history's block
         end, and the end of every presence this batch records for the same device at or before
-        the request's time. Python touches only devices that have one of those; the rest is
-        array work over the batch.
+        the request's time. No Python runs per request or per device: the store's records come
+        back as arrays, and compiled passes settle them (block_ends, fold_events).
         """
         dev, keys = self._distinct_keys(ids, packed, has_id)
         n_dev = len(keys)

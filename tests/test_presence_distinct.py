@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofence.engine import MAX_DEVICE_ID, _device_id
+from geofence.presence import distinct
 from geofence.presence.distinct import distinct_ids, pack_ids
 from geofence.presence.keyhash import DeviceHasher
 
@@ -133,3 +135,26 @@ def test_ids_differing_in_one_byte_anywhere_are_distinct() -> None:
     codes, uniques = pd.factorize(np.array(twice, dtype=object))
     assert found[0].tolist() == codes.tolist()
     assert unpacked(found[1], found[2][:-1], np.diff(found[2])) == uniques.tolist()
+
+
+def test_without_working_compiled_passes_every_batch_takes_the_general_path(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A numba that cannot build the passes (or builds them wrong) costs speed, not answers."""
+
+    def broken(*args: object) -> int:
+        raise RuntimeError("no such intrinsic")
+
+    distinct.compiled_passes_agree.cache_clear()
+    monkeypatch.setattr(distinct, "_distinct", broken)
+    try:
+        with caplog.at_level(logging.ERROR, logger="geofence.presence"):
+            assert pack_ids(["ifa-1", "ifa-2"], MAX_DEVICE_ID) is None
+        assert "not used" in caplog.text
+        monkeypatch.setattr(distinct, "_distinct", lambda *args: 0)  # finds no device
+        distinct.compiled_passes_agree.cache_clear()
+        assert pack_ids(["ifa-1", "ifa-2"], MAX_DEVICE_ID) is None
+    finally:
+        distinct.compiled_passes_agree.cache_clear()
+    monkeypatch.undo()
+    assert pack_ids(["ifa-1", "ifa-2"], MAX_DEVICE_ID) is not None

@@ -201,3 +201,18 @@ def test_a_c_keyer_failing_the_known_answers_is_not_used(
 
     monkeypatch.setattr(keyhash, "_Keyer", swapped)
     _assert_refused_loudly(caplog)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="libcrypto.so.3 is looked for on Linux")
+def test_ids_of_one_block_are_hashed_by_sha256_transform_and_agree() -> None:
+    """Ids up to 55 bytes go through SHA256_Transform on blocks padded by the loop; longer
+    ones through Update and Final. Both give the standard HMAC, on either side of the limit."""
+    h = DeviceHasher(SECRET)
+    native = h._native_states()
+    assert native is not None
+    assert native._functions[2] != 0  # the one-block path is in use
+    ids = ["x" * n for n in range(90)] + ["é" * 27, "é" * 28, "ü" + "a" * 54]
+    assert native.keys(ids) == standard(SECRET, ids)
+    native._functions = native._functions.copy()
+    native._functions[2] = 0  # Update and Final for every id
+    assert native.keys(ids) == standard(SECRET, ids)

@@ -869,9 +869,14 @@ class Engine:
         pres_cat = zs.category[pres_zone]
         pres_t = at[pres_req]
         pres_end = pres_t + zs.lookback_s[pres_cat]
-        dev_of_request = np.full(len(at), -1, dtype=np.intp)
-        dev_of_request[has_id] = dev
-        pres_dev = dev_of_request[pres_req]
+        # The common batch: every request has an id, so has_id is 0..n-1 and needs no gathers.
+        every = len(has_id) == len(at)
+        if every:
+            pres_dev = dev[pres_req]
+        else:
+            dev_of_request = np.full(len(at), -1, dtype=np.intp)
+            dev_of_request[has_id] = dev
+            pres_dev = dev_of_request[pres_req]
         try:
             self._flush_pending()
             found = self._store.latest_records(keys)
@@ -885,7 +890,7 @@ class Engine:
             dev_end, dev_cat = block_ends(*found, zs.lookback_s, n_dev)
             req_end = dev_end[dev]
             req_cat = dev_cat[dev]
-            req_at = at[has_id]
+            req_at = at if every else at[has_id]
             if len(pres_req):
                 # Presence recorded in this batch counts for the same device's requests at or
                 # after it, as one request at a time (fold_events says how ties go).
@@ -893,8 +898,9 @@ class Engine:
                     dev, req_at, req_end, req_cat,
                     pres_dev, pres_t, pres_end, pres_cat.astype(np.int64), n_dev,
                 )  # fmt: skip
-            blocked = (req_at < req_end) & (reason[has_id] == _R[Reason.ALLOWED])
-            hit = has_id[blocked]
+            allowed = (reason if every else reason[has_id]) == _R[Reason.ALLOWED]
+            blocked = (req_at < req_end) & allowed
+            hit = np.flatnonzero(blocked) if every else has_id[blocked]
             reason[hit] = _R[Reason.RECENTLY_INSIDE]
             category[hit] = req_cat[blocked]
             until[hit] = req_end[blocked]

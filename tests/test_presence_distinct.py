@@ -158,3 +158,44 @@ def test_without_working_compiled_passes_every_batch_takes_the_general_path(
         distinct.compiled_passes_agree.cache_clear()
     monkeypatch.undo()
     assert pack_ids(["ifa-1", "ifa-2"], MAX_DEVICE_ID) is not None
+
+
+def test_the_table_gives_up_on_long_probe_runs() -> None:
+    """Collisions past what the load allows make `_distinct` return -1 (the caller then uses
+    pandas): a full table by MAX_PROBES, and long runs looked up again and again by the batch's
+    probe budget (in a table of 256 slots holding 250 ids no run can reach MAX_PROBES)."""
+    seq = [f"ifa-{i}" for i in range(300)]
+    packed = pack_ids(seq, MAX_DEVICE_ID)
+    assert packed is not None
+
+    def run(rows: list[int], size: int) -> int:
+        dev = np.empty(len(rows), dtype=np.intp)
+        first = np.empty(len(rows), dtype=np.int64)
+        at = np.array(rows, dtype=np.intp)
+        args = (packed.blob, packed.start, packed.length, at, size, np.uint64(7), dev, first)
+        return int(distinct._distinct(*args))
+
+    assert run(list(range(32)), 64) == 32
+    assert run(list(range(80)), 64) == -1  # MAX_PROBES: no free slot at all
+    held = list(range(250))
+    assert run(held + held * 3, 256) == 250  # repeats, each run shorter than MAX_PROBES
+    # One id 3000 times over: for an id far from its slot, more than the budget allows.
+    gave_up = [i for i in held if run(held + [i] * 3000, 256) == -1]
+    assert gave_up
+    assert distinct.MAX_PROBES > 250
+
+
+def test_a_batch_the_table_gives_up_on_takes_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`distinct_ids` says None, and the engine's `_distinct_keys` finds the devices by pandas."""
+    from geofence.engine import Engine  # noqa: PLC0415 - only here
+
+    seq = ["ifa-1", "ifa-2", "ifa-1"]
+    packed = pack_ids(seq, MAX_DEVICE_ID)
+    assert packed is not None
+    monkeypatch.setattr(distinct, "_distinct", lambda *args: -1)
+    assert distinct_ids(packed, np.arange(3)) is None
+    engine = Engine.__new__(Engine)
+    engine._hasher = DeviceHasher(SECRET)
+    dev, keys = engine._distinct_keys(list(seq), packed, np.arange(3))
+    assert dev.tolist() == [0, 1, 0]
+    assert keys == DeviceHasher(SECRET).keys(["ifa-1", "ifa-2"])

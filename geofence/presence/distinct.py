@@ -1,16 +1,18 @@
 """A batch's device ids as packed bytes: checked, and reduced to distinct devices, compiled.
 
 The common batch has every id plain ASCII text, most devices more than once. Checking each id
-(five C-level passes over a list), finding the distinct ones (pandas' hash table of objects)
-and packing those again for the hash cost about 80 ns a request; here the ids are joined once
-with NUL separators and two compiled passes over the bytes do the rest (about 20 ns). A batch
+(five C-level passes over a list, and one more for missing ids), finding the distinct ones
+(pandas' hash table of objects) and joining those again for the hash took about 60 ms for 200k
+requests over 100k devices; here the ids are joined once with NUL separators, and compiled
+passes over the bytes check them, find the distinct ones and pack those (about 18 ms). A batch
 that is not of that kind (other types, non-ASCII text, a blank or too long id, an id holding a
 NUL) gets None from `pack_ids`, and the caller's general path decides it, as before.
 
-The distinct ids are found with a hash table keyed by a random per-process seed, so which ids
-collide cannot be chosen from outside; a probe run longer than MAX_PROBES (odds about 1e-21 a
-lookup at the table's load of at most 1/2, unless the ids were crafted) gives up, and the
-caller falls back to pandas.
+The distinct ids are found with a hash table keyed by a random per-process seed (not a
+cryptographic hash: which ids collide is merely unknown outside the process). A probe run
+longer than MAX_PROBES (odds about 1e-21 a lookup at the table's load of at most 1/2), or more
+than PROBE_BUDGET probes a lookup over the batch, gives up and the caller falls back to pandas,
+on Python's SipHash: ids crafted to collide cost that fallback, not a quadratic table.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ I64 = npt.NDArray[np.int64]
 Ip = npt.NDArray[np.intp]
 
 MAX_PROBES = 256
+PROBE_BUDGET = 32  # probes past the first, per lookup, over a whole batch
 _SEED = np.uint64(int.from_bytes(os.urandom(8), "little"))
 _M1 = np.uint64(0xFF51AFD7ED558CCD)  # MurmurHash3's 64-bit finaliser constants
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
@@ -230,7 +233,8 @@ def _distinct(
     blob: U8, start: I64, length: I64, rows: Ip, size: int, seed: np.uint64, dev: Ip, first: I64
 ) -> int:
     """dev[j]: the distinct number of id rows[j]; first[d]: the id first showing device d.
-    Returns the number of distinct ids, or -1 after a probe run past MAX_PROBES."""
+    Returns the number of distinct ids, or -1 after a probe run past MAX_PROBES or more than
+    PROBE_BUDGET probes a lookup over the batch."""
     # A slot holds (the hash's high 32 bits << 32) | (device + 1), 0 when empty: one memory
     # access finds a slot's device and rules out nearly every other one; `where` holds each
     # device's (start, length), so that a match costs one more access and the byte compare.
@@ -243,6 +247,11 @@ def _distinct(
     table = np.zeros(size, dtype=np.int64)
     where = np.empty((n, 2), dtype=np.int64)
     m = 0
+    # A lookup makes under 2 probes on average at this load. Ids crafted to collide (should
+    # the seeded hash allow it) could make each run long without any reaching MAX_PROBES: the
+    # whole batch's budget bounds that too, and pandas, on Python's SipHash, takes over. (A
+    # batch of one device many times over trips it only if that id sits 32 slots from home.)
+    budget = PROBE_BUDGET * (n + 16)
     for j in range(n):
         # Each lookup waits on up to three cache misses (its slot, the device found there,
         # that device's bytes), one after the other. Fetching them ahead for the lookups
@@ -277,6 +286,9 @@ def _distinct(
                 dev[j] = d
                 break
             slot = (slot + np.uint64(1)) & mask
+            budget -= 1
         else:
+            return -1
+        if budget < 0:
             return -1
     return m

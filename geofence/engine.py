@@ -1124,13 +1124,13 @@ def _device_ids(
         device_ids = [device_ids] * n if n == 1 else None
     if not isinstance(device_ids, np.ndarray | list | tuple) or len(device_ids) != n:
         return [None] * n, np.ones(n, dtype=bool), None
-    # The common batch, every id plain valid text, checked in a few C-level passes instead of a
-    # Python call per id (lone surrogates anywhere make the joined text fail to encode).
     seq = device_ids.tolist() if isinstance(device_ids, np.ndarray) else list(device_ids)
     # The usual batch, plain ASCII ids: checked by the compiled pass that packs them.
     packed = pack_ids(seq, MAX_DEVICE_ID)
     if packed is not None:
         return seq, bad, packed
+    # Else every id plain valid text (non-ASCII), checked in a few C-level passes instead of a
+    # Python call per id (lone surrogates anywhere make the joined text fail to encode).
     if (
         set(map(type, seq)) <= {str}
         and all(map(str.strip, seq))

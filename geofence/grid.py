@@ -878,8 +878,8 @@ def grid_presence_zones(
 def grid_one_present(
     lon: float, lat: float, acc: float, center_only: bool, t: _Tables
 ) -> tuple[np.int64, np.int64]:
-    """(grid_one's code, grid_presence_one's code) of one point; presence only where the
-    point is not clear (0, no zone, where it is; -1 for the exact index if the first is)."""
+    """(grid_one's code, grid_presence_one's code) of one point. The second is 0 (no zone)
+    where the first is -1 or names a clear point: a clear circle misses every zone's area."""
     code = grid_one(lon, lat, acc, t)
     if code < 0 or code >> 32 == KIND_CLEAR:
         return code, np.int64(0)

@@ -16,6 +16,10 @@ import numba
 import numpy as np
 import numpy.typing as npt
 import shapely
+from llvmlite import ir
+from numba import types as nbtypes
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -116,6 +120,43 @@ def find(table: I64, mask: np.int64, key: np.int64) -> np.int64:
         if entry >> _SLOT_BITS == key:
             return entry & SLOT_MASK
         h = (h + 1) & mask
+
+
+# --- prefetching --------------------------------------------------------------------------------
+
+
+@intrinsic
+def prefetch(typingctx: object, array: nbtypes.Type, row: nbtypes.Type) -> object:
+    """Ask the CPU to start loading the start of row `row` of `array` into the cache.
+
+    No effect on results. Why: a point on the list path reads rows scattered over arrays of
+    tens of MB (its cell, the cell's list, each listed piece's box, zone, frame and
+    coordinates), each read waiting on the one before. Asked for ahead of time, the reads of
+    several points and pieces overlap. A prefetch never faults, even outside the array.
+    """
+    if not isinstance(array, nbtypes.Array) or not isinstance(row, nbtypes.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        first = context.cast(builder, args[1], sig.args[1], nbtypes.intp)
+        zero = context.get_constant(nbtypes.intp, 0)
+        ptr = cgutils.get_item_pointer(
+            context, builder, aryty, ary, [first] + [zero] * (aryty.ndim - 1)
+        )
+        if getattr(ptr.type, "is_opaque", False):
+            name = "llvm.prefetch.p0"
+        else:
+            ptr, name = builder.bitcast(ptr, ir.IntType(8).as_pointer()), "llvm.prefetch.p0i8"
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name
+        )
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return nbtypes.void(array, row), codegen
 
 
 # --- zone pieces as flat coordinate arrays -----------------------------------------------------

@@ -518,15 +518,15 @@ def _grid_kernel(
     n_forced = forced.shape[0]
     n = len(lon)
     for i in range(n):
-        # Prefetching (kernels.prefetch), in stages AHEAD points apart: the table line of point
-        # i + 3 A; the cell of point i + 2 A, found there once (kept in out_zone[i + 2 A] until
-        # that point is decided) and its rows; the head of the list of i + A, if it will be
-        # read (_settle asks for the pieces). Why: a list point waits on five reads in a row
-        # (table, cell, list, pieces, coordinates) of arrays tens of MB large; fetched ahead,
-        # the waits of several points overlap (50k zones: 840 -> 440 ns a list point, 260 ->
-        # 160 a point; 1k zones, all in cache: 65 -> 72). Each cell is found once (a probe
-        # costs a mispredicted branch, ~15 ns), and a stage for the pieces cost more at 1k
-        # zones than it saved at 50k. No result changes.
+        # Prefetching (kernels.prefetch) for the points ahead, in stages: the table line of point
+        # i + 3 A; the cell of point i + 2 A and its rows, the cell found there once and kept in
+        # out_zone[i + 2 A] until that point is decided; for point i + A, the head of its list
+        # if the list will be read (marked so: -2 - cell); for i + A / 2, so marked, the listed
+        # pieces' rows (_settle asks for their coordinates). Why: a list point waits on five
+        # reads in a row (table, cell, list, pieces, coordinates) in arrays tens of MB large;
+        # fetched ahead, the waits of several points overlap. 50k zones: 840 -> 430 ns a list
+        # point, 260 -> 150 a point; 1k zones (all in cache): 65 -> 72. Each cell is found once
+        # (a probe costs a mispredicted branch, ~15 ns a point). No result changes.
         j = i + 3 * AHEAD
         if j < n:
             jrow = _clamp(np.int64(np.floor((lat[j] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
@@ -551,7 +551,17 @@ def _grid_kernel(
                 or acc[j] >= f_floats[jslot, 1]
             ):
                 prefetch(f_entries, f_ints[jslot, 3])
-        found = np.int64(out_zone[i])  # point i's cell, if found ahead (i >= 2 A)
+                out_zone[j] = -2 - jslot  # marked: its list will be read
+        j = i + AHEAD // 2
+        if 2 * AHEAD <= j < n and out_zone[j] <= -2:
+            jslot = -2 - np.int64(out_zone[j])
+            for e in range(f_ints[jslot, 3], f_ints[jslot, 4]):
+                p = f_entries[e, 0]
+                prefetch(f_combos, f_entries[e, 1])
+                prefetch(pbox, p)
+                prefetch(part_zone, p)
+                prefetch(ring_start, p)
+        found = np.int64(out_zone[i])  # point i's cell (or -2 - cell), found ahead if i >= 2 A
         a = acc[i]
         x = lon[i]
         y = lat[i]
@@ -567,7 +577,10 @@ def _grid_kernel(
             continue
         row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
         col = np.int64(np.floor((x + 180.0) * FINE_PER_DEG)) % FINE_COLS
-        slot = found if i >= 2 * AHEAD else find(f_table, f_mask, row * FINE_COLS + col)
+        if i < 2 * AHEAD:
+            slot = find(f_table, f_mask, row * FINE_COLS + col)
+        else:
+            slot = found if found >= -1 else -2 - found  # unmarked
         if slot < 0:
             if a <= far_clearance:
                 continue

@@ -808,6 +808,14 @@ def grid_presence(
     f_mask = np.int64(len(f_table) - 1)
     xs, ys = xy[0], xy[1]
     for j in range(n):
+        # Prefetching, as in _grid_kernel: the table line of the point 2 AHEAD on (50k zones:
+        # 250 -> 200 ns a point, with the pieces' prefetch below; finding cells ahead too, with
+        # no array to keep them in, saved nothing more).
+        if j + 2 * AHEAD < n:
+            later = points[j + 2 * AHEAD]
+            lrow = _clamp(np.int64(np.floor((lat[later] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
+            lcol = np.int64(np.floor((lon[later] + 180.0) * FINE_PER_DEG)) % FINE_COLS
+            prefetch(f_table, _hash(lrow * FINE_COLS + lcol, f_mask))
         i = points[j]
         x, y, a = lon[i], lat[i], acc[i]
         forced_here = False
@@ -838,6 +846,14 @@ def grid_presence(
             grown_point[:m] = out_point[:m]
             grown_zone[:m] = out_zone[:m]
             out_point, out_zone = grown_point, grown_zone
+        for e in range(ints[slot, 3], ints[slot, 4]):  # the pieces' rows asked for at once
+            p = entries[e, 0]
+            prefetch(combos, entries[e, 1])
+            prefetch(pbox, p)
+            prefetch(zone_m, part_zone[p])
+            q = coord_start[ring_start[p]]
+            prefetch(xs, q)
+            prefetch(ys, q)
         for e in range(ints[slot, 3], ints[slot, 4]):
             p = entries[e, 0]
             c = entries[e, 1]

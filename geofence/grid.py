@@ -520,13 +520,14 @@ def _grid_kernel(
     for i in range(n):
         # Prefetching (kernels.prefetch) for the points ahead, in stages: the table line of point
         # i + 3 A; the cell of point i + 2 A and its rows, the cell found there once and kept in
-        # out_zone[i + 2 A] until that point is decided; for point i + A, the head of its list
-        # if the list will be read (marked so: -2 - cell); for i + A / 2, so marked, the listed
-        # pieces' rows (_settle asks for their coordinates). Why: a list point waits on five
-        # reads in a row (table, cell, list, pieces, coordinates) in arrays tens of MB large;
-        # fetched ahead, the waits of several points overlap. 50k zones: 840 -> 430 ns a list
-        # point, 260 -> 150 a point; 1k zones (all in cache): 65 -> 72. Each cell is found once
-        # (a probe costs a mispredicted branch, ~15 ns a point). No result changes.
+        # out_zone[i + 2 A] (int32: cells < 2**31) until that point is decided, which writes its
+        # answer over it; for point i + A, the head of its list if the list will be read (marked
+        # so: -2 - cell); for i + A / 2, so marked, the listed pieces' rows (_settle asks for
+        # their coordinates). grid_one's single point skips every stage. Why: a list point waits
+        # on five reads in a row (table, cell, list, pieces, coordinates) in arrays tens of MB
+        # large; fetched ahead, the waits of several points overlap. 50k zones: 840 -> 430 ns a
+        # list point, 260 -> 150 a point; 1k zones (all in cache): 65 -> 72. Each cell is found
+        # once (a probe costs a mispredicted branch, ~15 ns a point). No result changes.
         j = i + 3 * AHEAD
         if j < n:
             jrow = _clamp(np.int64(np.floor((lat[j] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)

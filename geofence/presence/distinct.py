@@ -29,8 +29,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba.core import types
 from numba.extending import intrinsic
+
+from geofence.kernels import prefetch
 
 logger = logging.getLogger("geofence.presence")
 
@@ -176,26 +178,6 @@ def _word(typingctx: Any, blob: Any, at: Any) -> tuple[Any, Any]:
     return sig, codegen
 
 
-@intrinsic
-def _prefetch(typingctx: Any, array: Any, at: Any) -> tuple[Any, Any]:
-    """Ask for the cache line of array[at] (LLVM's prefetch: for reading, kept close)."""
-    sig = types.void(array, types.int64)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        byte_p = ir.IntType(8).as_pointer()
-        address = builder.bitcast(builder.gep(data, [args[1]]), byte_p)
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_p, i32, i32, i32]),
-            "llvm.prefetch.p0i8",
-        )  # fmt: skip
-        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _tail(blob: U8, begin: int, count: int) -> np.uint64:
     """The last count % 8 bytes of blob[begin:begin + count] as one word (0 when none)."""
@@ -258,15 +240,15 @@ def _distinct(
         # 16, 8 and 4 places on lets them overlap: the pass took less than half the time.
         # A prefetch never faults; one for a slot's other device only wastes a fetch.
         if j + 16 < n:
-            _prefetch(table, np.int64(hashes[j + 16] & mask))
+            prefetch(table, np.int64(hashes[j + 16] & mask))
         if j + 8 < n:
             ahead = (table[hashes[j + 8] & mask] & 0xFFFFFFFF) - 1
             if 0 <= ahead < m:
-                _prefetch(where, 2 * ahead)
+                prefetch(where, ahead)
         if j + 4 < n:
             ahead = (table[hashes[j + 4] & mask] & 0xFFFFFFFF) - 1
             if 0 <= ahead < m:
-                _prefetch(blob, where[ahead, 0])
+                prefetch(blob, where[ahead, 0])
         r = rows[j]
         a, count = start[r], length[r]
         h = hashes[j]

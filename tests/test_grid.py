@@ -28,6 +28,7 @@ from geofence.geodesy import (
     tile_key,
 )
 from geofence.grid import (
+    AHEAD,
     COARSE_COLS,
     COARSE_PER_DEG,
     COARSE_ROWS,
@@ -193,6 +194,39 @@ def test_one_point_path_equals_the_batch_path(bundled: ZoneSet) -> None:
             assert not todo[i] and one == (int(kind[i]), int(zone[i])), i
     assert 0 < deferred < n and (kind != KIND_CLEAR).sum() > n // 4
     assert set((kind[~todo] == KIND_INSIDE).tolist()) == {False, True}
+
+
+def test_a_points_answer_does_not_depend_on_its_batch(bundled: ZoneSet) -> None:
+    """The batch kernel looks points up ahead (grid.AHEAD apart) and keeps what it found in
+    its output array until each point is decided: every batch length around those stages,
+    any order, and whatever the output arrays held before give each point the same answer."""
+    rng = np.random.default_rng(80)
+    lon, lat, acc = band_points(bundled, rng, per_zone=2)
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+
+    def run(idx: np.ndarray, fill: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = len(idx)
+        kind = np.full(m, fill, dtype=np.int8)
+        zone = np.full(m, fill, dtype=np.int32)
+        todo = np.full(m, fill != 0, dtype=np.bool_)
+        lo, la, ac = (np.ascontiguousarray(v[idx]) for v in (lon, lat, acc))
+        grid_kernel(lo, la, ac, *grid._packed, kind, zone, todo)
+        return kind, zone, todo
+
+    everything = np.arange(len(lon))
+    want = run(everything, 0)
+    assert (want[0] != KIND_CLEAR).any() and (want[0] == KIND_CLEAR).any()
+    lengths = sorted({1, 2, 3, *(k * AHEAD + d for k in (1, 2, 3, 4) for d in (-1, 0, 1)), 100})
+    for m in lengths:
+        for start in (0, 5, 37):
+            idx = everything[start : start + m]
+            got = run(idx, 7 if m % 2 else -3)  # stale values in the outputs
+            for g, w in zip(got, want, strict=True):
+                assert np.array_equal(g, w[idx]), (m, start)
+    order = rng.permutation(len(lon))
+    for g, w in zip(run(order, 0), want, strict=True):
+        assert np.array_equal(g, w[order])
 
 
 @pytest.mark.parametrize("center_only", [False, True])

@@ -98,6 +98,7 @@ _TILE_SPAN = np.int64(1 << 20)  # (cell, tile) keys: cell * _TILE_SPAN + tile (t
 
 STATE_MIXED, STATE_CLEAR, STATE_NEAR, STATE_INSIDE, STATE_SUB = 0, 1, 2, 3, 4
 AHEAD = 8  # points between the kernel's prefetch stages (see _grid_kernel)
+PREFETCH_MIN_TABLE_BYTES = 4 << 20  # smaller fine tables: no prefetch stages (_prefetching)
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -242,7 +243,8 @@ class GridIndex:
             self.forced,
             # Beyond max_accuracy_m (an IP fix judged as a 25 km circle, say) the forced boxes
             # and the coarse table no longer bound anything: the kernel defers such points.
-            np.array([self.far_clearance, self.max_accuracy_m]),
+            # Third: whether the batch kernel looks points up ahead (see _grid_kernel).
+            np.array([self.far_clearance, self.max_accuracy_m, float(self._prefetching())]),
             *self.fine.packed(),
             _sub_base(self.fine.state),
             *self.sub.packed()[1:],
@@ -262,6 +264,13 @@ class GridIndex:
         # presence_one's answers for one zone: read-only views, so none is made per request.
         self._zone_rows = np.arange(len(exact.radius_m), dtype=np.int64)
         self._zone_rows.flags.writeable = False
+
+    def _prefetching(self) -> bool:
+        """Whether the batch kernel should fetch ahead: only where its tables outgrow the CPU's
+        caches. Below that the stages cost ~7 ns a point and save nothing (1k zones: 65 -> 72
+        ns a point); the fine hash table's size stands for the rest (1k zones 1 MB, 50k 17 MB).
+        """
+        return self.fine.table.array.nbytes >= PREFETCH_MIN_TABLE_BYTES
 
     def locate(
         self,
@@ -517,6 +526,7 @@ def _grid_kernel(
     far_clearance, max_acc = far[0], far[1]
     n_forced = forced.shape[0]
     n = len(lon)
+    staged = n if far[2] != 0.0 else 0  # points looked up ahead (none: every stage skipped)
     for i in range(n):
         # Prefetching (kernels.prefetch) for the points ahead, in stages: the table line of point
         # i + 3 A; the cell of point i + 2 A and its rows, the cell found there once and kept in
@@ -526,15 +536,16 @@ def _grid_kernel(
         # their coordinates). grid_one's single point skips every stage. Why: a list point waits
         # on five reads in a row (table, cell, list, pieces, coordinates) in arrays tens of MB
         # large; fetched ahead, the waits of several points overlap. 50k zones: 840 -> 430 ns a
-        # list point, 260 -> 150 a point; 1k zones (all in cache): 65 -> 72. Each cell is found
+        # list point, 260 -> 150 a point. Tables that fit the caches skip every stage (far[2]
+        # is 0: GridIndex._prefetching), where they cost ~7 ns a point. Each cell is found
         # once (a probe costs a mispredicted branch, ~15 ns a point). No result changes.
         j = i + 3 * AHEAD
-        if j < n:
+        if j < staged:
             jrow = _clamp(np.int64(np.floor((lat[j] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
             jcol = np.int64(np.floor((lon[j] + 180.0) * FINE_PER_DEG)) % FINE_COLS
             prefetch(f_table, _hash(jrow * FINE_COLS + jcol, f_mask))
         j = i + 2 * AHEAD
-        if j < n:
+        if j < staged:
             jrow = _clamp(np.int64(np.floor((lat[j] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
             jcol = np.int64(np.floor((lon[j] + 180.0) * FINE_PER_DEG)) % FINE_COLS
             jslot = find(f_table, f_mask, jrow * FINE_COLS + jcol)
@@ -543,7 +554,7 @@ def _grid_kernel(
                 prefetch(f_ints, jslot)
                 prefetch(f_floats, jslot)
         j = i + AHEAD
-        if 2 * AHEAD <= j < n and out_zone[j] >= 0:
+        if 2 * AHEAD <= j < staged and out_zone[j] >= 0:
             jslot = np.int64(out_zone[j])
             state = f_ints[jslot, 0]
             if not (
@@ -554,7 +565,7 @@ def _grid_kernel(
                 prefetch(f_entries, f_ints[jslot, 3])
                 out_zone[j] = -2 - jslot  # marked: its list will be read
         j = i + AHEAD // 2
-        if 2 * AHEAD <= j < n and out_zone[j] <= -2:
+        if 2 * AHEAD <= j < staged and out_zone[j] <= -2:
             jslot = -2 - np.int64(out_zone[j])
             for e in range(f_ints[jslot, 3], f_ints[jslot, 4]):
                 p = f_entries[e, 0]
@@ -562,7 +573,7 @@ def _grid_kernel(
                 prefetch(pbox, p)
                 prefetch(part_zone, p)
                 prefetch(ring_start, p)
-        found = np.int64(out_zone[i])  # point i's cell (or -2 - cell), found ahead if i >= 2 A
+        found = np.int64(out_zone[i])  # point i's cell (or -2 - cell), if found ahead
         a = acc[i]
         x = lon[i]
         y = lat[i]
@@ -578,7 +589,7 @@ def _grid_kernel(
             continue
         row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
         col = np.int64(np.floor((x + 180.0) * FINE_PER_DEG)) % FINE_COLS
-        if i < 2 * AHEAD:
+        if i < 2 * AHEAD or staged == 0:
             slot = find(f_table, f_mask, row * FINE_COLS + col)
         else:
             slot = found if found >= -1 else -2 - found  # unmarked

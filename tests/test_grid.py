@@ -196,14 +196,19 @@ def test_one_point_path_equals_the_batch_path(bundled: ZoneSet) -> None:
     assert set((kind[~todo] == KIND_INSIDE).tolist()) == {False, True}
 
 
-def test_a_points_answer_does_not_depend_on_its_batch(bundled: ZoneSet) -> None:
-    """The batch kernel looks points up ahead (grid.AHEAD apart) and keeps what it found in
-    its output array until each point is decided: every batch length around those stages,
-    any order, and whatever the output arrays held before give each point the same answer."""
+@pytest.mark.parametrize("staged", [True, False])
+def test_a_points_answer_does_not_depend_on_its_batch(bundled: ZoneSet, staged: bool) -> None:
+    """The batch kernel looks points up ahead (grid.AHEAD apart; where its tables are large)
+    and keeps what it found in its output array until each point is decided: every batch
+    length around those stages, any order, and whatever the output arrays held before give
+    each point the same answer, with the stages and without."""
     rng = np.random.default_rng(80)
     lon, lat, acc = band_points(bundled, rng, per_zone=2)
     grid = bundled.index
     assert isinstance(grid, GridIndex)
+    assert not grid._packed[1][2]  # the bundled zones' tables are small: no stages
+    packed = list(grid._packed)
+    packed[1] = np.array([*packed[1][:2], float(staged)])
 
     def run(idx: np.ndarray, fill: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = len(idx)
@@ -211,11 +216,14 @@ def test_a_points_answer_does_not_depend_on_its_batch(bundled: ZoneSet) -> None:
         zone = np.full(m, fill, dtype=np.int32)
         todo = np.full(m, fill != 0, dtype=np.bool_)
         lo, la, ac = (np.ascontiguousarray(v[idx]) for v in (lon, lat, acc))
-        grid_kernel(lo, la, ac, *grid._packed, kind, zone, todo)
+        grid_kernel(lo, la, ac, *packed, kind, zone, todo)
         return kind, zone, todo
 
     everything = np.arange(len(lon))
     want = run(everything, 0)
+    one_by_one = [run(everything[i : i + 1], 0) for i in range(0, len(lon), 7)]
+    for i, got in zip(range(0, len(lon), 7), one_by_one, strict=True):
+        assert (got[0][0], got[1][0], got[2][0]) == (want[0][i], want[1][i], want[2][i]), i
     assert (want[0] != KIND_CLEAR).any() and (want[0] == KIND_CLEAR).any()
     lengths = sorted({1, 2, 3, *(k * AHEAD + d for k in (1, 2, 3, 4) for d in (-1, 0, 1)), 100})
     for m in lengths:

@@ -819,11 +819,12 @@ def grid_presence(
     m = 0
     f_mask = np.int64(len(f_table) - 1)
     xs, ys = xy[0], xy[1]
+    staged = n if far[2] != 0.0 else 0  # as in _grid_kernel: small tables skip the stage
     for j in range(n):
         # Prefetching, as in _grid_kernel: the table line of the point 2 AHEAD on (50k zones:
         # 250 -> 200 ns a point, with the pieces' prefetch below; finding cells ahead too, with
         # no array to keep them in, saved nothing more).
-        if j + 2 * AHEAD < n:
+        if j + 2 * AHEAD < staged:
             later = points[j + 2 * AHEAD]
             lrow = _clamp(np.int64(np.floor((lat[later] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
             lcol = np.int64(np.floor((lon[later] + 180.0) * FINE_PER_DEG)) % FINE_COLS

@@ -198,12 +198,17 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
     pool = device_pool(job["devices"], rng)
     ids = np.empty(n, dtype=object)
     ids[:] = [pool[i] for i in rng.integers(0, len(pool), n)]
-    at = np.full(n, float(int(time.time())))
+    at = np.full(n, float(int(time.time())) - 60.0)
     with_ids = Engine(zs, presence="memory://")
     d_ids = with_ids.check_many(lat, lon, acc, device_ids=ids, at=at)  # warm-up: store presence
-    secs_ids, d_ids = best_of(
-        job["runs"], lambda: with_ids.check_many(lat, lon, acc, device_ids=ids, at=at)
-    )
+    # Each timed batch comes a second after the one before, as live traffic does: a batch
+    # replayed at the same time would change no stored record, and write-free batches ran
+    # about a fifth faster than live ones (1k zones: 2.2 against 1.7 M/s).
+    def next_batch() -> Any:
+        at[:] += 1.0
+        return with_ids.check_many(lat, lon, acc, device_ids=ids, at=at)
+
+    secs_ids, d_ids = best_of(job["runs"], next_batch)
 
     calls = job["latency_calls"]
     lat_l, lon_l, ids_l = lat[:calls].tolist(), lon[:calls].tolist(), ids[:calls].tolist()

@@ -319,8 +319,8 @@ def test_record_many_keeps_what_one_record_at_a_time_keeps(
     second: list[tuple[int, int, int, int]],
     max_devices: int,
 ) -> None:
-    """Leaving out records that change nothing (`_changing`) leaves the store as a `record`
-    call per record would, through ties, several categories and a full store's evictions."""
+    """A batch leaves the store as a `record` call per record would, through ties, several
+    categories and a full store's evictions."""
     now = time.time()
     keys = [bytes([k]) * 32 for k in range(6)]
 
@@ -334,26 +334,3 @@ def test_record_many_keeps_what_one_record_at_a_time_keeps(
             single.record(*r)
     assert batched.dump() == single.dump()
     assert batched.evicted == single.evicted
-
-
-def test_a_replayed_batch_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Records no later than what their device holds, in time and expiry, cost no `_put`; a
-    record later in either still changes the store."""
-    now = time.time()
-    keys = [bytes([k]) * 32 for k in range(40)]
-    records = [(k, 3, now - 5, now + 60) for k in keys]
-    store = MemoryStore()
-    store.record_many(*record_arrays(records))
-    puts: list[bytes] = []
-    put = store._put
-    monkeypatch.setattr(store, "_put", lambda key, *rest: (puts.append(key), put(key, *rest)))
-    store.record_many(*record_arrays(records))
-    assert puts == []
-    earlier = [(k, 3, now - 9, now + 30) for k in keys]
-    store.record_many(*record_arrays(earlier))
-    assert puts == []
-    later = [*records[:20], (keys[20], 3, now - 1, now + 60), (keys[21], 3, now - 5, now + 90)]
-    store.record_many(*record_arrays(later))
-    assert puts == [keys[20], keys[21]]
-    assert store.dump()[keys[20]] == {3: (now - 1, now + 60)}
-    assert store.dump()[keys[21]] == {3: (now - 5, now + 90)}

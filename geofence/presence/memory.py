@@ -34,11 +34,6 @@ DEFAULT_MAX_DEVICES = 10_000_000
 # visiting every stored device: filling a store cost O(n^2) (1M devices: 5.6 us a device, and
 # rising) and a serving process paused ~0.1 s per million devices every few thousand new ones.
 _Records = tuple[Any, ...]
-# What `_changing` compares a record with when its device is not stored: no category matches.
-_NOT_STORED = (-1.0, math.inf, math.inf)
-# Up to this many records (one request's presence), `_changing`'s NumPy calls cost more than
-# the `_put` calls they might save.
-_FEW_RECORDS = 16
 
 
 def _device_expiry(records: _Records) -> float:
@@ -101,8 +96,8 @@ class MemoryStore(PresenceStore):
         with self._lock:
             self._sweep(now)
             put = self._put
-            for i in self._changing(keys, categories, times, expires_at):
-                put(keys[i], cats[i], ts[i], exps[i], now)
+            for key, cat, t, e in zip(keys, cats, ts, exps, strict=True):
+                put(key, cat, t, e, now)
             self._trim_heap()
 
     def record(self, key: bytes, category: int, time_s: float, expires_at: float) -> None:
@@ -219,37 +214,6 @@ class MemoryStore(PresenceStore):
         before = _device_expiry(records)
         if e > before:
             heapq.heappush(self._heap, (e, key))
-
-    def _changing(
-        self,
-        keys: Sequence[bytes],
-        categories: npt.NDArray[np.uint8],
-        times: npt.NDArray[np.float64],
-        expires_at: npt.NDArray[np.float64],
-    ) -> list[int]:
-        """The positions of the records that may change the store, in order.
-
-        Why: a device seen again at the same time (a batch replayed, or a device pinging
-        twice a second) costs a Python `_put` a record that changes nothing. A record is left
-        out when its device's single stored record, of the same category, is at least as late
-        in both time and expiry: `_put` would return without a change. That holds through the
-        whole batch, since `_put` only ever raises a device's time and expiry, except when a
-        new device evicts one: so a batch that could fill the store leaves nothing out.
-        """
-        n = len(keys)
-        if n <= _FEW_RECORDS or len(self._data) + n > self.max_devices:
-            return list(range(n))
-        got = map(self._data.get, keys)
-        single = [_NOT_STORED if r is None or len(r) != 3 else r for r in got]
-        stored = np.fromiter(itertools.chain.from_iterable(single), np.float64, 3 * n)
-        stored = stored.reshape(n, 3)
-        same = (
-            (stored[:, 0] == np.asarray(categories))
-            & (stored[:, 1] >= np.asarray(times))
-            & (stored[:, 2] >= np.asarray(expires_at))
-        )
-        changing: list[int] = np.flatnonzero(~same).tolist()
-        return changing
 
     def _trim_heap(self) -> None:
         """Rebuild the heap once stale entries outnumber live devices."""

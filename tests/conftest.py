@@ -5,12 +5,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS_DATA = REPO / "tests" / "data"
 BUNDLED_ZONES = REPO / "zones"
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def record_batch(
+    records: list[tuple[bytes, int, float, float]],
+) -> tuple[list[bytes], np.ndarray, np.ndarray, np.ndarray]:
+    """A presence store's record_many arguments from (key, category, time, expires_at) tuples."""
+    return (
+        [r[0] for r in records],
+        np.array([r[1] for r in records], dtype=np.uint8),
+        np.array([r[2] for r in records], dtype=np.float64),
+        np.array([r[3] for r in records], dtype=np.float64),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import record_batch as batch
 
 from geofence.presence import DeviceHasher, MemoryStore, PresenceStore, SQLiteStore
 
@@ -36,18 +37,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PresenceSt
 @pytest.fixture
 def hasher() -> DeviceHasher:
     return DeviceHasher(SECRET)
-
-
-def batch(
-    records: list[tuple[bytes, int, float, float]],
-) -> tuple[list[bytes], np.ndarray, np.ndarray, np.ndarray]:
-    """record_many's arguments from (key, category, time, expires_at) tuples."""
-    return (
-        [r[0] for r in records],
-        np.array([r[1] for r in records], dtype=np.uint8),
-        np.array([r[2] for r in records], dtype=np.float64),
-        np.array([r[3] for r in records], dtype=np.float64),
-    )
 
 
 def test_record_then_latest(store: PresenceStore, hasher: DeviceHasher) -> None:

@@ -31,6 +31,19 @@ def unpacked(blob: np.ndarray, start: np.ndarray, length: np.ndarray) -> list[st
     return [raw[a : a + n].decode("ascii") for a, n in spans]
 
 
+def assert_distinct_is_factorize(seq: list[str], rows: np.ndarray) -> None:
+    """distinct_ids of the packed ids numbers rows' devices as pandas' factorize does (order
+    of first appearance), and gives back the same distinct ids."""
+    packed = pack_ids(seq, MAX_DEVICE_ID)
+    assert packed is not None
+    found = distinct_ids(packed, rows)
+    assert found is not None
+    dev, blob, offsets = found
+    codes, uniques = pd.factorize(np.array(seq, dtype=object)[rows])
+    assert dev.tolist() == codes.tolist()
+    assert unpacked(blob, offsets[:-1], np.diff(offsets)) == uniques.tolist()
+
+
 @pytest.mark.parametrize(
     "odd",
     [
@@ -78,17 +91,9 @@ def test_distinct_devices_are_pandas_factorize(
 ) -> None:
     """The same numbering (order of first appearance) and the same ids, for any rows."""
     seq = [pool[p % len(pool)] for p in picks]
-    packed = pack_ids(seq, MAX_DEVICE_ID)
-    assert packed is not None
     rng = np.random.default_rng(keep)
     rows = np.flatnonzero(rng.random(len(seq)) < 0.7) if keep % 2 else np.arange(len(seq))
-    found = distinct_ids(packed, rows)
-    assert found is not None
-    dev, blob, offsets = found
-    codes, uniques = pd.factorize(np.array(seq, dtype=object)[rows])
-    assert dev.tolist() == codes.tolist()
-    starts = offsets[:-1]
-    assert unpacked(blob, starts, np.diff(offsets)) == uniques.tolist()
+    assert_distinct_is_factorize(seq, rows)
 
 
 def test_a_large_batch_of_random_ids_is_pandas_factorize() -> None:
@@ -96,13 +101,7 @@ def test_a_large_batch_of_random_ids_is_pandas_factorize() -> None:
     rng = np.random.default_rng(5)
     pool = [f"{rng.integers(0, 2**63):x}-{i}" for i in range(20_000)]
     seq = [pool[i] for i in rng.integers(0, len(pool), 100_000)]
-    packed = pack_ids(seq, MAX_DEVICE_ID)
-    assert packed is not None
-    found = distinct_ids(packed, np.arange(len(seq)))
-    assert found is not None
-    codes, uniques = pd.factorize(np.array(seq, dtype=object))
-    assert found[0].tolist() == codes.tolist()
-    assert unpacked(found[1], found[2][:-1], np.diff(found[2])) == uniques.tolist()
+    assert_distinct_is_factorize(seq, np.arange(len(seq)))
 
 
 def test_packed_keys_are_the_keys_of_the_ids() -> None:
@@ -128,13 +127,7 @@ def test_ids_differing_in_one_byte_anywhere_are_distinct() -> None:
         base = "".join(chr(97 + (i * 7) % 26) for i in range(length))
         seq += [base[:k] + "Z" + base[k + 1 :] for k in range(length)] + [base]
     twice = seq + seq
-    packed = pack_ids(twice, MAX_DEVICE_ID)
-    assert packed is not None
-    found = distinct_ids(packed, np.arange(len(twice)))
-    assert found is not None
-    codes, uniques = pd.factorize(np.array(twice, dtype=object))
-    assert found[0].tolist() == codes.tolist()
-    assert unpacked(found[1], found[2][:-1], np.diff(found[2])) == uniques.tolist()
+    assert_distinct_is_factorize(twice, np.arange(len(twice)))
 
 
 def test_without_working_compiled_passes_every_batch_takes_the_general_path(

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import record_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -289,18 +290,6 @@ def test_single_lookup_skips_expired_records(clock: Clock) -> None:
     assert store.latest(k) == {} and store.latest_found([k]) == {}
 
 
-def record_arrays(
-    records: list[tuple[bytes, int, float, float]],
-) -> tuple[list[bytes], np.ndarray, np.ndarray, np.ndarray]:
-    """record_many's arguments from (key, category, time, expires_at) tuples."""
-    return (
-        [r[0] for r in records],
-        np.array([r[1] for r in records], dtype=np.uint8),
-        np.array([r[2] for r in records], dtype=np.float64),
-        np.array([r[3] for r in records], dtype=np.float64),
-    )
-
-
 @settings(max_examples=200, deadline=None)
 @given(
     first=st.lists(
@@ -329,7 +318,7 @@ def test_record_many_keeps_what_one_record_at_a_time_keeps(
 
     batched, single = MemoryStore(max_devices), MemoryStore(max_devices)
     for spec in (first, second):
-        batched.record_many(*record_arrays(rows(spec)))
+        batched.record_many(*record_batch(rows(spec)))
         for r in rows(spec):
             single.record(*r)
     assert batched.dump() == single.dump()

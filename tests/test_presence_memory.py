@@ -91,6 +91,35 @@ def test_eviction_drops_the_soonest_expiring_and_warns_once(
     assert len(warnings) == 1 and "full" in warnings[0].getMessage()
 
 
+def test_an_expiry_moved_later_is_kept_by_the_sweep_and_by_eviction(clock: Clock) -> None:
+    """A write that moves a device's expiry later pushes no heap entry: the early one must not
+    let the sweep drop the device, nor make it the one evicted, before its new expiry."""
+    h = DeviceHasher(SECRET)
+    k = h.keys(["ifa-moved", "ifa-steady", "ifa-new", "ifa-newer", "ifa-last"])
+    now = clock.now
+    for evicting in (False, True):
+        store = MemoryStore(max_devices=3 if evicting else 10)
+        cat1 = np.array([1, 1], np.uint8)
+        store.record_many([k[0], k[1]], cat1, np.full(2, now), np.array([now + 10, now + 50]))
+        # Same category, later: the batch's inlined path (k[0]'s entry stays at now + 10).
+        store.record_many([k[0]], cat1[:1], np.array([now + 5]), np.array([now + 100]))
+        assert len(store._heap) == 2
+        if evicting:
+            # Full at the third device: the soonest to expire is k[1] (now + 50), not k[0].
+            store.record(k[2], 1, now, now + 200)
+            store.record(k[3], 1, now, now + 300)
+            assert set(store.dump()) == {k[0], k[2], k[3]} and store.evicted == 1
+        else:
+            clock.now = now + 60  # past k[0]'s early entry and k[1]'s expiry: k[0] is kept
+            store.record(k[2], 1, clock.now, clock.now + 200)
+            assert set(store.dump()) == {k[0], k[2]}
+            assert store.latest(k[0]) == {1: now + 5}
+            clock.now = now + 150  # past k[0]'s real expiry: swept at the next write
+            store.record(k[4], 1, clock.now, clock.now + 300)
+            assert set(store.dump()) == {k[2], k[4]}
+            clock.now = now
+
+
 def test_updates_do_not_grow_the_heap_without_bound(clock: Clock) -> None:
     store = MemoryStore()
     k = DeviceHasher(SECRET).key("ifa-busy")

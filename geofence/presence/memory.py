@@ -57,9 +57,11 @@ class MemoryStore(PresenceStore):
     """Presence kept in this process: thread-safe, expiring, at most `max_devices` devices.
 
     Expired records are dropped lazily when read, and whole devices by an amortised sweep that
-    runs on every write: a min-heap of (device expiry, key) pops devices as their last record
-    expires, so a write costs O(log n) amortised (the O(n) heap rebuild that drops superseded
-    entries runs only after about n writes).
+    runs on every write: a min-heap of (expiry, key) pops devices as their last record expires.
+    A device's heap entry may be older than its expiry (a write that moves the expiry later
+    pushes nothing); the sweep, popping such an entry, pushes the device's current expiry
+    instead. So a write to a stored device costs a dict update, a new device O(log n), and
+    each device is re-pushed at most once per expiry it outlives.
 
     When `max_devices` devices are stored and a new one arrives, the device whose last record
     expires soonest is evicted (a warning is logged once). Eviction therefore only loses the
@@ -76,9 +78,10 @@ class MemoryStore(PresenceStore):
         self.max_devices = max_devices
         self._lock = threading.Lock()
         self._data: dict[bytes, _Records] = {}
-        # Entries go stale when a device's expiry moves later or it is forgotten; a popped entry
-        # is acted on only when it still matches the device (lazy deletion), and the heap is
-        # rebuilt when stale entries outnumber live devices.
+        # Every stored device has an entry no later than its expiry (it goes early when the
+        # expiry moves later; a popped early entry is pushed again at the current expiry). A
+        # forgotten device's entries are stale and skipped when popped; the heap is rebuilt
+        # when entries outnumber live devices twice over.
         self._heap: list[tuple[float, bytes]] = []
         self._warned_full = False
         self.evicted = 0  # devices evicted for room since creation (for metrics and tests)
@@ -95,9 +98,22 @@ class MemoryStore(PresenceStore):
         now = time.time()
         with self._lock:
             self._sweep(now)
+            data = self._data
+            get = data.get
             put = self._put
+            # _put inlined for the common record: a device stored with this one category
+            # (about 1 us a record less, a third of a batch's presence cost).
             for key, cat, t, e in zip(keys, cats, ts, exps, strict=True):
-                put(key, cat, t, e, now)
+                records = get(key)
+                if records is not None and len(records) == 3 and records[0] == cat:
+                    if e > now and (t > records[1] or e > records[2]):
+                        data[key] = (
+                            cat,
+                            t if t > records[1] else records[1],
+                            e if e > records[2] else records[2],
+                        )
+                else:
+                    put(key, cat, t, e, now)
             self._trim_heap()
 
     def record(self, key: bytes, category: int, time_s: float, expires_at: float) -> None:
@@ -191,7 +207,7 @@ class MemoryStore(PresenceStore):
     # -- internals; the caller holds the lock -------------------------------------------------
 
     def _put(self, key: bytes, cat: int, t: float, e: float, now: float) -> None:
-        """Keep the latest time and expiry of (key, category); push the device's new expiry."""
+        """Keep the latest time and expiry of (key, category); a new device gets a heap entry."""
         if e <= now:
             return  # already expired: storing it would only be swept away
         data = self._data
@@ -211,9 +227,8 @@ class MemoryStore(PresenceStore):
             if not (t > old_t or e > old_e):
                 return
             data[key] = (*records[:i], cat, max(t, old_t), max(e, old_e), *records[i + 3 :])
-        before = _device_expiry(records)
-        if e > before:
-            heapq.heappush(self._heap, (e, key))
+        # A later expiry pushes nothing: the device's entry is now early, and the sweep
+        # re-pushes it when it pops.
 
     def _trim_heap(self) -> None:
         """Rebuild the heap once stale entries outnumber live devices."""
@@ -227,8 +242,13 @@ class MemoryStore(PresenceStore):
         while heap and heap[0][0] <= now:
             _, key = heapq.heappop(heap)
             records = data.get(key)
-            if records is not None and _device_expiry(records) <= now:
+            if records is None:
+                continue  # forgotten, swept or evicted already: a stale entry
+            expiry = _device_expiry(records)
+            if expiry <= now:
                 del data[key]
+            else:  # written to since the entry was pushed: it lives on, until `expiry`
+                heapq.heappush(heap, (expiry, key))
 
     def _evict_one(self) -> None:
         """Drop the device whose last record expires soonest, to make room for a new one."""
@@ -237,17 +257,22 @@ class MemoryStore(PresenceStore):
         while heap:
             e, key = heapq.heappop(heap)
             records = data.get(key)
-            if records is not None and _device_expiry(records) == e:
-                del data[key]
-                self.evicted += 1
-                if not self._warned_full:
-                    self._warned_full = True
-                    logger.warning(
-                        "memory presence store is full (%d devices): evicting the devices whose "
-                        "records expire soonest; raise max_devices or use sqlite:// or redis://",
-                        self.max_devices,
-                    )
-                return
+            if records is None:
+                continue
+            expiry = _device_expiry(records)
+            if expiry > e:  # an early entry: every entry is at most its device's expiry, so
+                heapq.heappush(heap, (expiry, key))  # the soonest device still surfaces first
+                continue
+            del data[key]
+            self.evicted += 1
+            if not self._warned_full:
+                self._warned_full = True
+                logger.warning(
+                    "memory presence store is full (%d devices): evicting the devices whose "
+                    "records expire soonest; raise max_devices or use sqlite:// or redis://",
+                    self.max_devices,
+                )
+            return
         # Unreachable while every stored device has a live heap entry; rebuild defensively.
         self._rebuild_heap()
         if self._heap:

@@ -28,15 +28,20 @@ from geofence.geodesy import (
     tile_key,
 )
 from geofence.grid import (
+    _TABLE_FIELDS,
     AHEAD,
     COARSE_COLS,
     COARSE_PER_DEG,
     COARSE_ROWS,
+    FINE_COLS,
     FINE_PER_DEG,
     LIST_M,
+    STATE_CLEAR,
     STATE_SUB,
     SUB,
+    SUB_COLS,
     SUB_PAIR_BUDGET,
+    SUB_PER_DEG,
     GridIndex,
     Level,
     _big_parts,
@@ -45,6 +50,7 @@ from geofence.grid import (
     _cells_of_boxes,
     _coarse_keys,
     _forward_distinct,
+    child_keys_of,
     coarse_reach,
     grid_kernel,
     grid_one,
@@ -383,6 +389,53 @@ def test_grid_presence_equals_exact_presence(bundled: ZoneSet, center_only: bool
     # Lists hold the pieces within LIST_M: a larger circle needs the exact index.
     large = int(np.sum(acc > LIST_M))
     assert sum(calls) <= large + 0.01 * n, f"{sum(calls)} of {n} points needed the exact index"
+
+
+@pytest.mark.parametrize("center_only", [False, True])
+def test_presence_clearance_is_below_every_area_distance(
+    bundled: ZoneSet, center_only: bool
+) -> None:
+    """Oracle: anywhere in a cell that is not CLEAR, a circle whose accuracy is the cell's
+    presence clearance (floats[:, 0]; at most its list_valid, beyond which the list is not
+    read) is present in no zone by the exact index; with center_only, any point of a cell whose
+    presence clearance is >= 0. And grid_presence, which skips such points, gives the very
+    pairs it gives with every presence clearance withdrawn (-1)."""
+    grid, ex = bundled.index, bundled.exact
+    assert isinstance(grid, GridIndex)
+    rng = np.random.default_rng(5)
+    fine_keys = grid.fine.table.slot_keys()
+    split = fine_keys[grid.fine.ints[:, 0] == STATE_SUB]
+    n = 2000
+    for keys, level, per_deg, cols in (
+        (fine_keys, grid.fine, FINE_PER_DEG, FINE_COLS),
+        (child_keys_of(split).ravel(), grid.sub, SUB_PER_DEG, SUB_COLS),
+    ):
+        state, clear, valid = level.ints[:, 0], level.floats[:, 0], level.floats[:, 2]
+        acc = np.minimum(clear, valid)
+        cells = np.flatnonzero((state != STATE_CLEAR) & (state != STATE_SUB) & (acc >= 0.0))
+        assert len(cells) > 200
+        pick = rng.choice(cells, n)
+        step = 1.0 / per_deg
+        u = np.where(rng.random((2, n)) < 0.6, rng.random((2, n)), rng.choice([0.0, 1.0], (2, n)))
+        lon = (keys[pick] % cols) * step - 180.0 + u[0] * step * (1 - 1e-12)
+        lat = (keys[pick] // cols) * step - 90.0 + u[1] * step * (1 - 1e-12)
+        a = np.zeros(n) if center_only else acc[pick]
+        ref = ex.locate(lon, lat, a, np.zeros(n), center_only)
+        assert ref.present_point.size == 0, f"{ref.present_point.size} points present"
+
+    lon, lat, acc = band_points(bundled, rng, per_zone=40)
+    ask = np.arange(len(lon), dtype=np.int64)
+    packed = list(grid._packed)
+    withdrawn = list(packed)
+    for i in (_TABLE_FIELDS.index("f_floats"), _TABLE_FIELDS.index("s_floats")):
+        floats = packed[i].copy()  # packed[i - 1]: the level's ints
+        floats[packed[i - 1][:, 0] != STATE_CLEAR, 0] = -1.0
+        withdrawn[i] = floats
+    got = grid_presence(lon, lat, acc, ask, center_only, *packed)
+    want = grid_presence(lon, lat, acc, ask, center_only, *withdrawn)
+    assert len(want[0]) > 1000
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w)
 
 
 def test_most_points_never_reach_the_exact_index(

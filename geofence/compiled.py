@@ -950,17 +950,30 @@ def _once_verified(
     return fn(*args, *(job.result() for job in after))
 
 
+def _drop(arrays: dict[str, Any], *names: str) -> None:
+    """Forget members whose content has been made into something else."""
+    for name in names:
+        arrays.pop(name, None)
+
+
 def _level(arrays: Mapping[str, A], prefix: str, table: HashTable) -> Level:
     return Level(table, *(arrays[f"{prefix}.{k}"] for k in _LEVEL_FIELDS))
 
 
-def _assemble(arrays: Mapping[str, Any], jobs: dict[str, Future[Any]]) -> ZoneSet:
-    """The zone set described by checked zoneset.json and arrays (and the jobs started on them)."""
+def _assemble(arrays: dict[str, Any], jobs: dict[str, Future[Any]]) -> ZoneSet:
+    """The zone set described by checked zoneset.json and arrays (and the jobs started on them).
+
+    Members are dropped from `arrays` once what is made from them exists (WKB, hash table keys,
+    the raw JSON, the separate coordinate columns): they stayed until the end, on top of the
+    zone set, and were the load's peak (1M zones: 6.37 GB against 5.6 GB after it).
+    """
     meta, policy = jobs["meta"].result()
+    arrays.pop(META, None)
     columns = meta["zones"]
     n = len(columns["id"])
     _check_arrays(arrays, n)
     zones, buffer, warnings = jobs["zones"].result()
+    _drop(arrays, "zone.wkb", "zone.wkb_start")
     radius = arrays["zone.radius_m"]
     valid_from, valid_until = arrays["zone.valid_from"], arrays["zone.valid_until"]
     code = arrays["zone.category"]
@@ -974,14 +987,16 @@ def _assemble(arrays: Mapping[str, Any], jobs: dict[str, Future[Any]]) -> ZoneSe
         part_geom=jobs["pieces"].result(),
         part_bounds=arrays["part.bounds"],
     )
+    _drop(arrays, "part.wkb", "part.wkb_start")
     fine_table, sub_table, coarse_table = jobs["tables"].result()
+    _drop(arrays, "fine.keys", "coarse.keys")
     grid = GridIndex.from_tables(
         exact,
         FlatParts(
             arrays["flat.is_point"],
             arrays["flat.ring_start"],
             arrays["flat.coord_start"],
-            np.stack([arrays["flat.xs"], arrays["flat.ys"]]),
+            np.stack([arrays.pop("flat.xs"), arrays.pop("flat.ys")]),
         ),
         forced=arrays["grid.forced"],
         fine=_level(arrays, "fine", fine_table),

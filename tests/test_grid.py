@@ -349,15 +349,14 @@ def test_one_point_tables_keep_their_arrays_alive() -> None:
     assert presence(2.2, 48.2, 5.0, False, tables) == 1  # zone 0, alone
 
 
-@pytest.mark.parametrize("center_only", [False, True])
-def test_grid_presence_equals_exact_presence(bundled: ZoneSet, center_only: bool) -> None:
+def assert_presence_matches_exact(
+    zs: ZoneSet, lon: np.ndarray, lat: np.ndarray, acc: np.ndarray, center_only: bool
+) -> None:
     """Presence pairs from the cells' lists: every exact pair, and extra ones only within the
     affine map's error (centimetres) of the presence limit; nearly no point goes exact."""
-    rng = np.random.default_rng(11)
-    lon, lat, acc = band_points(bundled, rng, per_zone=40)
     n = len(lon)
     at = np.zeros(n)
-    grid, exact = bundled.index, bundled.exact
+    grid, exact = zs.index, zs.exact
     assert isinstance(grid, GridIndex)
     calls: list[int] = []
     original = exact.locate
@@ -379,16 +378,24 @@ def test_grid_presence_equals_exact_presence(bundled: ZoneSet, center_only: bool
     extra = sorted(got - want)
     if extra:
         pts = np.array([p for p, _ in extra])
-        zs = np.array([z for _, z in extra])
-        parts = np.array([np.flatnonzero(exact.part_zone == z)[0] for z in zs])
+        zones = np.array([z for _, z in extra])
+        parts = np.array([np.flatnonzero(exact.part_zone == z)[0] for z in zones])
         d = exact.distances(lon, lat, pts, parts)
-        r = exact.radius_m[zs]
+        r = exact.radius_m[zones]
         limit = r if center_only else r + acc[pts]
         assert np.all(d <= limit * FRAME_STRETCH + 0.1), "presence recorded beyond 10 cm"
     assert len(fast.present_point) == len(got)  # one pair per (point, zone)
     # Lists hold the pieces within LIST_M: a larger circle needs the exact index.
     large = int(np.sum(acc > LIST_M))
     assert sum(calls) <= large + 0.01 * n, f"{sum(calls)} of {n} points needed the exact index"
+
+
+@pytest.mark.parametrize("center_only", [False, True])
+def test_grid_presence_equals_exact_presence(bundled: ZoneSet, center_only: bool) -> None:
+    """Presence from the cells' lists against the exact index, on band points."""
+    rng = np.random.default_rng(11)
+    lon, lat, acc = band_points(bundled, rng, per_zone=40)
+    assert_presence_matches_exact(bundled, lon, lat, acc, center_only)
 
 
 @pytest.mark.parametrize("center_only", [False, True])
@@ -536,6 +543,9 @@ def test_grid_equals_exact_a_million_band_points(shared_data: Path) -> None:
     assert len(lon) >= 1_000_000
     assert isinstance(zs.index, GridIndex)
     assert_grid_matches_exact(zs.index, zs.exact, lon, lat, acc)
+    # Presence too, on a fifth of them (the exact index's presence is slow).
+    fifth = slice(0, None, 5)
+    assert_presence_matches_exact(zs, lon[fifth], lat[fifth], acc[fifth], center_only=False)
 
 
 # --- the coarse table --------------------------------------------------------------------------

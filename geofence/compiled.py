@@ -67,8 +67,9 @@ from geofence.zoneset import ZoneSet
 FORMAT = "geofence-zoneset"
 # 1: JSON zones, index rebuilt on load. 2: the built index stored as .npy arrays. 3: the sub
 # level's list entries name the fine level's frames (it stores none). 4: the levels' integers
-# (cells and list entries) are int32; members are in the order loading needs them.
-FORMAT_VERSION = 4
+# (cells and list entries) are int32; members are in the order loading needs them. 5: frames
+# without the cell centre (the kernels compute it from the cell), 7 columns instead of 9.
+FORMAT_VERSION = 5
 # Refused before anything is read or parsed. The sizes are the ones the ZIP declares: a member
 # is read as the stored span its directory entry gives (compressed members are refused).
 MAX_FILE_BYTES = 8 << 30  # the .gfz file itself (a 1M-zone set is a few GB of tables)
@@ -84,7 +85,7 @@ _LEVEL_FIELDS: dict[str, tuple[str, tuple[int, ...]]] = {
     "ints": ("i4", (5,)),
     "floats": ("f8", (3,)),
     "entries": ("i4", (2,)),
-    "combos": ("f8", (9,)),
+    "combos": ("f8", (7,)),
 }
 
 # Every array member: name -> (dtype, shape after the first axis). Lengths are checked against

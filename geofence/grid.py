@@ -78,6 +78,7 @@ FINE_PER_DEG = 512
 COARSE_PER_DEG = 64
 SUB = 8  # subcells per fine cell side: 1/4096 degree
 SUB_PER_DEG = FINE_PER_DEG * SUB
+FINE_STEP = 1.0 / FINE_PER_DEG  # a fine cell's side in degrees (a power of two: exact)
 FINE_COLS, FINE_ROWS = 360 * FINE_PER_DEG, 180 * FINE_PER_DEG
 SUB_COLS = 360 * SUB_PER_DEG
 COARSE_COLS, COARSE_ROWS = 360 * COARSE_PER_DEG, 180 * COARSE_PER_DEG
@@ -115,7 +116,7 @@ class Level:
     The arrays are stored once, in the shape the kernel takes them (so a built or loaded level is
     never held twice): per cell `ints` (state, zone, near_zone, list begin, list end) and
     `floats` (clearance, near_acc, list_valid); per list entry `entries` (part, combo); per
-    (cell, frame) combination `combos` (clon, clat, cx, cy, jacobian x4, err).
+    (cell, frame) combination `combos` (cx, cy, jacobian x4, err).
 
     - zone: the zone of a NEAR or INSIDE cell.
     - clearance: CLEAR cells: accuracy up to which a point is allowed. Other cells: accuracy up
@@ -126,23 +127,25 @@ class Level:
       never).
     - list begin/end: cell c lists entries begin[c]:end[c]; list_valid: the list settles a point
       whose accuracy is at most this.
-    - combos: lon/lat of the cell centre, its frame position, the affine map's Jacobian (dx/dlon,
+    - combos: the fine cell centre's frame position, the affine map's Jacobian (dx/dlon,
       dx/dlat, dy/dlon, dy/dlat), and that map's measured error bound (metres). The fine level
       holds one per (fine cell, tile); the sub level holds none, and its entries name the fine
-      level's combos (a subcell's map is its parent's).
+      level's combos (a subcell's map is its parent's). The map is around the centre of the
+      point's fine cell, which the kernels compute from the cell (`_centre_offsets`) rather than
+      store (1M zones: 16 bytes of 72 a frame, ~0.24 GB).
     """
 
     table: HashTable
     ints: I32  # (n, 5)
     floats: F64  # (n, 3)
     entries: I32  # (m, 2)
-    combos: F64  # (c, 9)
+    combos: F64  # (c, 7)
 
     @classmethod
     def build(
         cls, table: HashTable, state: I8, zone: I32, clearance: F64, near_acc: F64,
         near_zone: I32, list_start: I64, list_valid: F64, entry_part: I64, entry_combo: I64,
-        clon: F64, clat: F64, cx: F64, cy: F64, jac: F64, err: F64,
+        cx: F64, cy: F64, jac: F64, err: F64,
     ) -> Level:  # fmt: skip
         """A level from per-field arrays, packed into the kernel's layout.
 
@@ -151,7 +154,7 @@ class Level:
         2**31), half the bytes of int64: the sub level is most of a compiled file, and of the
         memory a loaded one touches.
         """
-        if len(entry_part) >= 2**31 or len(clon) >= 2**31:
+        if len(entry_part) >= 2**31 or len(cx) >= 2**31:
             raise OverflowError("a level with 2**31 list entries or frames: beyond int32")
         ints = np.column_stack([state, zone, near_zone, list_start[:-1], list_start[1:]])
         return cls(
@@ -160,8 +163,8 @@ class Level:
             np.ascontiguousarray(np.column_stack([clearance, near_acc, list_valid]), np.float64),
             np.ascontiguousarray(np.column_stack([entry_part, entry_combo]), dtype=np.int32),
             np.ascontiguousarray(
-                np.column_stack([clon, clat, cx, cy, jac, err]), dtype=np.float64
-            ).reshape(-1, 9),
+                np.column_stack([cx, cy, jac, err]), dtype=np.float64
+            ).reshape(-1, 7),
         )
 
     @property
@@ -418,13 +421,31 @@ class GridIndex:
 
 
 @numba.njit(cache=True, inline="always")
+def _centre_offsets(x: float, y: float, row: np.int64, col: np.int64) -> tuple[float, float]:
+    """(dlon, dlat) of a point from the centre of its fine cell (row, col), the point every
+    listed frame's affine map is around; dlon across the antimeridian taken the short way.
+
+    The centre is computed as the build computed it (`_classify`: lon0 + step / 2), so the
+    same bits: with a power-of-two step every step of it is exact.
+    """
+    dl = x - ((col * FINE_STEP - 180.0) + FINE_STEP / 2)
+    if dl > 180.0:
+        dl -= 360.0
+    elif dl < -180.0:
+        dl += 360.0
+    return dl, y - ((row * FINE_STEP - 90.0) + FINE_STEP / 2)
+
+
+@numba.njit(cache=True, inline="always")
 def _settle(
-    lon: float, lat: float, a: float, slot: np.int64,
+    dl: float, dt: float, a: float, slot: np.int64,
     ints: I64, floats: F64, entries: I64, combos: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xs: F64,
     ys: F64, pbox: F64,
 ) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
     """(kind, zone, settled) for one point from its cell's list, ranked as ExactIndex ranks.
+
+    (dl, dt): the point's offsets from its fine cell's centre (`_centre_offsets`).
 
     A piece's bounding box bounds its distance from below, so most pieces are passed over
     without measuring: those out of reach, and, once a zone is found, those that cannot outrank
@@ -450,18 +471,12 @@ def _settle(
         c = entries[e, 1]
         z = part_zone[p]
         r = zone_m[z, 0]
-        tol = FRAME_SLACK_M + combos[c, 8]
+        tol = FRAME_SLACK_M + combos[c, 6]
         limit = r + zone_m[z, 1] + a
         reach = limit * FRAME_STRETCH + tol
         inside_reach = r * FRAME_STRETCH + tol
-        dl = lon - combos[c, 0]
-        if dl > 180.0:
-            dl -= 360.0
-        elif dl < -180.0:
-            dl += 360.0
-        dt = lat - combos[c, 1]
-        x = combos[c, 2] + combos[c, 4] * dl + combos[c, 5] * dt
-        y = combos[c, 3] + combos[c, 6] * dl + combos[c, 7] * dt
+        x = combos[c, 0] + combos[c, 2] * dl + combos[c, 3] * dt
+        y = combos[c, 1] + combos[c, 4] * dl + combos[c, 5] * dt
         bx = max(pbox[p, 0] - x, 0.0, x - pbox[p, 2])
         by = max(pbox[p, 1] - y, 0.0, y - pbox[p, 3])
         box2 = bx * bx + by * by
@@ -625,8 +640,9 @@ def _grid_kernel(
                 out_kind[i] = KIND_NEAR
                 out_zone[i] = s_ints[slot, 2]
                 continue
+            dl, dt = _centre_offsets(x, y, row, col)
             kind, zone, settled = _settle(
-                x, y, a, slot, s_ints, s_floats, s_entries, f_combos,
+                dl, dt, a, slot, s_ints, s_floats, s_entries, f_combos,
                 part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, pbox,
             )  # fmt: skip
         else:
@@ -641,8 +657,9 @@ def _grid_kernel(
                 out_kind[i] = KIND_NEAR
                 out_zone[i] = f_ints[slot, 2]
                 continue
+            dl, dt = _centre_offsets(x, y, row, col)
             kind, zone, settled = _settle(
-                x, y, a, slot, f_ints, f_floats, f_entries, f_combos,
+                dl, dt, a, slot, f_ints, f_floats, f_entries, f_combos,
                 part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, pbox,
             )  # fmt: skip
         if settled:
@@ -873,21 +890,16 @@ def grid_presence(
             q = coord_start[ring_start[p]]
             prefetch(xs, q)
             prefetch(ys, q)
+        dl, dt = _centre_offsets(x, y, row, col)
         for e in range(ints[slot, 3], ints[slot, 4]):
             p = entries[e, 0]
             c = entries[e, 1]
             z = part_zone[p]
-            tol = FRAME_SLACK_M + combos[c, 8]
+            tol = FRAME_SLACK_M + combos[c, 6]
             r = zone_m[z, 0]
             limit = (r if center_only else r + a) * FRAME_STRETCH + tol
-            dl = x - combos[c, 0]
-            if dl > 180.0:
-                dl -= 360.0
-            elif dl < -180.0:
-                dl += 360.0
-            dt = y - combos[c, 1]
-            px = combos[c, 2] + combos[c, 4] * dl + combos[c, 5] * dt
-            py = combos[c, 3] + combos[c, 6] * dl + combos[c, 7] * dt
+            px = combos[c, 0] + combos[c, 2] * dl + combos[c, 3] * dt
+            py = combos[c, 1] + combos[c, 4] * dl + combos[c, 5] * dt
             bx = max(pbox[p, 0] - px, 0.0, px - pbox[p, 2])
             by = max(pbox[p, 1] - py, 0.0, py - pbox[p, 3])
             if bx * bx + by * by > limit * limit:
@@ -1120,7 +1132,13 @@ def _sub_level(
             np.repeat(split.pair_part[p0:p1], n_child),
             np.zeros(len(child_of_pair), dtype=bool),
             np.repeat(split.carried[a:b], n_child),
-            parent=(combo_keys, parent_index, fine.combos, np.repeat(split.cell[a:b], n_child)),
+            parent=(
+                combo_keys,
+                parent_index,
+                fine.combos,
+                np.repeat(split.cell[a:b], n_child),
+                np.repeat(split.key[a:b], n_child),
+            ),
         )
         out.add(level)
         del level, j_of_pair, child_of_pair
@@ -1370,16 +1388,16 @@ def _classify(
     pair_part: I64,
     timed_pair: B,
     base_clearance: F64,
-    parent: tuple[I64, I64, F64, I64] | None = None,
+    parent: tuple[I64, I64, F64, I64, I64] | None = None,
 ) -> tuple[Level, F64, I64]:
     """Classify cells from their (cell, zone piece) pairs.
 
     Returns the level (without a hash table: the caller adds one), each pair's clearance, and
     the index of each pair's (cell, tile) combination among the level's (fine level: -1 where
-    the level does not keep it, see below). `parent` (keys of the
-    parent level's (cell, tile) combinations the cells need, their indexes in the parent level,
-    its packed `combos`, and each cell's parent cell) lets subcells reuse their parent's affine
-    maps instead of projecting again.
+    the level does not keep it, see below). `parent` (keys of the parent level's (cell, tile)
+    combinations the cells need, their indexes in the parent level, its packed `combos`, and
+    each cell's parent cell and that cell's key) lets subcells reuse their parent's affine maps
+    instead of projecting again.
     """
     n_cells = len(keys)
     step = 1.0 / per_deg
@@ -1394,11 +1412,13 @@ def _classify(
     if parent is None:
         frame = _frames(ex, lon0[combo_cell], lat0[combo_cell], step, combo_tile)
     else:
-        parent_keys, parent_index, parent_combos, parent_cell = parent
+        parent_keys, parent_index, parent_combos, parent_cell, parent_key = parent
         up = parent_index[
             np.searchsorted(parent_keys, parent_cell[combo_cell] * _TILE_SPAN + combo_tile)
         ]
-        frame = _derived_frames(parent_combos, up, lon0[combo_cell], lat0[combo_cell], step)
+        frame = _derived_frames(
+            parent_combos, up, parent_key[combo_cell], lon0[combo_cell], lat0[combo_cell], step
+        )
     d, db = _pair_distances(
         frame.cx, frame.cy, pair_combo, pair_part,
         flat.is_point, flat.ring_start, flat.coord_start, flat.xs, flat.ys,
@@ -1497,8 +1517,6 @@ def _classify(
         list_valid=valid,
         entry_part=pair_part[order].astype(np.int64),
         entry_combo=entry_combo.astype(np.int64),
-        clon=frame.clon[keep],
-        clat=frame.clat[keep],
         cx=frame.cx[keep],
         cy=frame.cy[keep],
         jac=np.ascontiguousarray(frame.jac[keep]),
@@ -1518,21 +1536,26 @@ class _Frames:
     half_diag: F64
 
 
-def _derived_frames(combos: F64, up: I64, lon0: F64, lat0: F64, step: float) -> _Frames:
+def _derived_frames(
+    combos: F64, up: I64, parent_key: I64, lon0: F64, lat0: F64, step: float
+) -> _Frames:
     """Subcell frames from the parent cell's affine map; its error bound covers the subcell.
 
     combos: the parent level's packed frames (`Level.combos`), read column by column: they are
-    the parent's frames as computed, and no (n, 9) gather is made.
+    the parent's frames as computed, and no (n, 7) gather is made. parent_key: each frame's
+    fine cell, whose centre the map is around (as the fine level computed it).
     """
-    plon, plat = combos[up, 0], combos[up, 1]
-    jac = combos[up, 4:8]
+    fstep = 1.0 / FINE_PER_DEG
+    plon = (parent_key % FINE_COLS) * fstep - 180.0 + fstep / 2
+    plat = (parent_key // FINE_COLS) * fstep - 90.0 + fstep / 2
+    jac = combos[up, 2:6]
     clon, clat = lon0 + step / 2, lat0 + step / 2
     dl, dt = clon - plon, clat - plat
-    cx = combos[up, 2] + jac[:, 0] * dl + jac[:, 1] * dt
-    cy = combos[up, 3] + jac[:, 2] * dl + jac[:, 3] * dt
+    cx = combos[up, 0] + jac[:, 0] * dl + jac[:, 1] * dt
+    cy = combos[up, 1] + jac[:, 2] * dl + jac[:, 3] * dt
     hx = (np.abs(jac[:, 0]) + np.abs(jac[:, 1])) * step / 2
     hy = (np.abs(jac[:, 2]) + np.abs(jac[:, 3])) * step / 2
-    err = combos[up, 8]
+    err = combos[up, 6]
     return _Frames(clon, clat, cx, cy, jac, err, np.hypot(hx, hy))
 
 

@@ -1545,9 +1545,8 @@ def _derived_frames(
     the parent's frames as computed, and no (n, 7) gather is made. parent_key: each frame's
     fine cell, whose centre the map is around (as the fine level computed it).
     """
-    fstep = 1.0 / FINE_PER_DEG
-    plon = (parent_key % FINE_COLS) * fstep - 180.0 + fstep / 2
-    plat = (parent_key // FINE_COLS) * fstep - 90.0 + fstep / 2
+    plon = (parent_key % FINE_COLS) * FINE_STEP - 180.0 + FINE_STEP / 2
+    plat = (parent_key // FINE_COLS) * FINE_STEP - 90.0 + FINE_STEP / 2
     jac = combos[up, 2:6]
     clon, clat = lon0 + step / 2, lat0 + step / 2
     dl, dt = clon - plon, clat - plat

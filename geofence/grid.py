@@ -535,8 +535,8 @@ def _grid_kernel(
     pbox: F64, out_kind: I8, out_zone: I32, out_todo: B,
 ) -> None:  # fmt: skip
     """Decide each point from the tables, or flag it for the exact index."""
-    f_mask = np.int64(len(f_table) - 1)
-    c_mask = np.int64(len(c_table) - 1)
+    f_size = np.int64(len(f_table))
+    c_size = np.int64(len(c_table))
     # Views taken once: numba reference-counts every view it makes, which inside the loop cost
     # more than the table lookups.
     xs, ys = xy[0], xy[1]
@@ -560,12 +560,12 @@ def _grid_kernel(
         if j < staged:
             jrow = _clamp(np.int64(np.floor((lat[j] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
             jcol = np.int64(np.floor((lon[j] + 180.0) * FINE_PER_DEG)) % FINE_COLS
-            prefetch(f_table, _hash(jrow * FINE_COLS + jcol, f_mask))
+            prefetch(f_table, _hash(jrow * FINE_COLS + jcol, f_size))
         j = i + 2 * AHEAD
         if j < staged:
             jrow = _clamp(np.int64(np.floor((lat[j] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
             jcol = np.int64(np.floor((lon[j] + 180.0) * FINE_PER_DEG)) % FINE_COLS
-            jslot = find(f_table, f_mask, jrow * FINE_COLS + jcol)
+            jslot = find(f_table, f_size, jrow * FINE_COLS + jcol)
             out_zone[j] = jslot
             if jslot >= 0:
                 prefetch(f_ints, jslot)
@@ -607,7 +607,7 @@ def _grid_kernel(
         row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
         col = np.int64(np.floor((x + 180.0) * FINE_PER_DEG)) % FINE_COLS
         if i < 2 * AHEAD or staged == 0:
-            slot = find(f_table, f_mask, row * FINE_COLS + col)
+            slot = find(f_table, f_size, row * FINE_COLS + col)
         else:
             slot = found if found >= -1 else -2 - found  # unmarked
         if slot < 0:
@@ -615,7 +615,7 @@ def _grid_kernel(
                 continue
             crow = row // (FINE_PER_DEG // COARSE_PER_DEG)
             ccol = col // (FINE_PER_DEG // COARSE_PER_DEG)
-            cslot = find(c_table, c_mask, crow * COARSE_COLS + ccol)
+            cslot = find(c_table, c_size, crow * COARSE_COLS + ccol)
             if cslot >= 0 and not a <= c_clear[cslot]:
                 out_todo[i] = True
             continue
@@ -836,7 +836,7 @@ def grid_presence(
     out_point = np.empty(cap, dtype=np.int64)
     out_zone = np.empty(cap, dtype=np.int64)
     m = 0
-    f_mask = np.int64(len(f_table) - 1)
+    f_size = np.int64(len(f_table))
     xs, ys = xy[0], xy[1]
     staged = n if far[2] != 0.0 else 0  # as in _grid_kernel: small tables skip the stage
     for j in range(n):
@@ -847,7 +847,7 @@ def grid_presence(
             later = points[j + 2 * AHEAD]
             lrow = _clamp(np.int64(np.floor((lat[later] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
             lcol = np.int64(np.floor((lon[later] + 180.0) * FINE_PER_DEG)) % FINE_COLS
-            prefetch(f_table, _hash(lrow * FINE_COLS + lcol, f_mask))
+            prefetch(f_table, _hash(lrow * FINE_COLS + lcol, f_size))
         i = points[j]
         x, y, a = lon[i], lat[i], acc[i]
         forced_here = False
@@ -856,7 +856,7 @@ def grid_presence(
                 forced_here = True
         row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
         col = np.int64(np.floor((x + 180.0) * FINE_PER_DEG)) % FINE_COLS
-        slot = find(f_table, f_mask, row * FINE_COLS + col)
+        slot = find(f_table, f_size, row * FINE_COLS + col)
         if forced_here or slot < 0:
             todo[j] = True  # not in a stored cell: nothing to list (clear points are not asked)
             continue

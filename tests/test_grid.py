@@ -60,7 +60,16 @@ from geofence.grid import (
     grid_presence_zones,
 )
 from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
-from geofence.kernels import KEY_BITS, FlatParts, HashTable, find, groups
+from geofence.kernels import (
+    EMPTY_KEY,
+    KEY_BITS,
+    LOAD,
+    FlatParts,
+    HashTable,
+    _hash,
+    find,
+    groups,
+)
 from geofence.policy import load_policy_text
 from geofence.reasons import Reason
 from geofence.zones import Zone
@@ -832,13 +841,28 @@ def test_hash_table_finds_every_key_and_refuses_keys_it_cannot_pack() -> None:
     keys = rng.permutation(np.unique(drawn)).astype(np.int64)
     table = HashTable(keys)
     assert np.array_equal(table.slot_keys(), keys)
-    found = [find(table.array, table.mask, k) for k in keys[:2000].tolist()]
+    size = len(table.array)
+    assert len(keys) / size == pytest.approx(LOAD, rel=1e-4)
+    found = [find(table.array, size, k) for k in keys[:2000].tolist()]
     assert found == list(range(2000))
     absent = np.setdiff1d(rng.integers(0, 1 << KEY_BITS, 2000), keys)
-    assert all(find(table.array, table.mask, k) == -1 for k in absent.tolist())
+    assert all(find(table.array, size, k) == -1 for k in absent.tolist())
     for bad in ([-1], [1 << KEY_BITS]):
         with pytest.raises(ValueError):
             HashTable(np.array(bad, dtype=np.int64))
+
+
+def test_hash_table_probes_wrap_around_the_end() -> None:
+    """Keys whose first probe is the last entry spill over to the table's start, and are found."""
+    n = 3
+    size = len(HashTable(np.arange(n, dtype=np.int64)).array)
+    last = [k for k in range(200_000) if _hash(np.int64(k), np.int64(size)) == size - 1]
+    keys, absent = np.array(last[:n], dtype=np.int64), last[n]
+    table = HashTable(keys)
+    assert len(table.array) == size
+    assert (table.array[: n - 1] != EMPTY_KEY).all()  # two of the three wrapped around
+    assert [find(table.array, np.int64(size), k) for k in keys.tolist()] == [0, 1, 2]
+    assert find(table.array, np.int64(size), absent) == -1
 
 
 def test_fine_level_keeps_only_the_frames_lists_name(bundled: ZoneSet) -> None:

@@ -69,7 +69,8 @@ FORMAT = "geofence-zoneset"
 # level's list entries name the fine level's frames (it stores none). 4: the levels' integers
 # (cells and list entries) are int32; members are in the order loading needs them. 5: frames
 # without the cell centre (the kernels compute it from the cell), 7 columns instead of 9.
-FORMAT_VERSION = 5
+# 6: the levels' floats and frames are float32.
+FORMAT_VERSION = 6
 # Refused before anything is read or parsed. The sizes are the ones the ZIP declares: a member
 # is read as the stored span its directory entry gives (compressed members are refused).
 MAX_FILE_BYTES = 8 << 30  # the .gfz file itself (a 1M-zone set is a few GB of tables)
@@ -83,9 +84,9 @@ MANIFEST = "manifest.json"
 # A level's arrays, in the kernel's layout (see grid.Level); its hash table is rebuilt from keys.
 _LEVEL_FIELDS: dict[str, tuple[str, tuple[int, ...]]] = {
     "ints": ("i4", (5,)),
-    "floats": ("f8", (3,)),
+    "floats": ("f4", (3,)),
     "entries": ("i4", (2,)),
-    "combos": ("f8", (7,)),
+    "combos": ("f4", (7,)),
 }
 
 # Every array member: name -> (dtype, shape after the first axis). Lengths are checked against

@@ -102,6 +102,7 @@ AHEAD = 8  # points between the kernel's prefetch stages (see _grid_kernel)
 PREFETCH_MIN_TABLE_BYTES = 4 << 20  # smaller fine tables: no prefetch stages (_prefetching)
 
 F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 I32 = npt.NDArray[np.int32]
@@ -116,7 +117,9 @@ class Level:
     The arrays are stored once, in the shape the kernel takes them (so a built or loaded level is
     never held twice): per cell `ints` (state, zone, near_zone, list begin, list end) and
     `floats` (clearance, near_acc, list_valid); per list entry `entries` (part, combo); per
-    (cell, frame) combination `combos` (cx, cy, jacobian x4, err).
+    (cell, frame) combination `combos` (cx, cy, jacobian x4, err). Floats are float32, each
+    rounded the way that only makes an answer more conservative (see `build` and `_frames`):
+    they are most of a compiled set (1M zones: 0.7 GB less than float64).
 
     - zone: the zone of a NEAR or INSIDE cell.
     - clearance: CLEAR cells: accuracy up to which a point is allowed. Other cells: accuracy up
@@ -137,9 +140,9 @@ class Level:
 
     table: HashTable
     ints: I32  # (n, 5)
-    floats: F64  # (n, 3)
+    floats: F32  # (n, 3)
     entries: I32  # (m, 2)
-    combos: F64  # (c, 7)
+    combos: F32  # (c, 7)
 
     @classmethod
     def build(
@@ -152,7 +155,9 @@ class Level:
         Why: only the packed arrays are kept, so a level costs its memory once, not twice. The
         integers are int32 (states, zone, piece and frame indexes, list offsets: all below
         2**31), half the bytes of int64: the sub level is most of a compiled file, and of the
-        memory a loaded one touches.
+        memory a loaded one touches. The floats are float32: thresholds an accuracy must be at
+        most (clearance, list_valid) rounded down, the one it must be at least (near_acc)
+        rounded up; the frames are float32 already (`_frames`).
         """
         if len(entry_part) >= 2**31 or len(cx) >= 2**31:
             raise OverflowError("a level with 2**31 list entries or frames: beyond int32")
@@ -160,11 +165,11 @@ class Level:
         return cls(
             table,
             np.ascontiguousarray(ints, dtype=np.int32),
-            np.ascontiguousarray(np.column_stack([clearance, near_acc, list_valid]), np.float64),
+            np.column_stack(
+                [f32_down(clearance), f32_up(near_acc), f32_down(list_valid)]
+            ).astype(np.float32),
             np.ascontiguousarray(np.column_stack([entry_part, entry_combo]), dtype=np.int32),
-            np.ascontiguousarray(
-                np.column_stack([cx, cy, jac, err]), dtype=np.float64
-            ).reshape(-1, 7),
+            _exact_f32(np.column_stack([cx, cy, jac, err]).reshape(-1, 7)),
         )
 
     @property
@@ -175,9 +180,31 @@ class Level:
     def entry_part(self) -> I32:
         return self.entries[:, 0]
 
-    def packed(self) -> tuple[I64, I32, F64, I32, F64]:
+    def packed(self) -> tuple[I64, I32, F32, I32, F32]:
         """The level as the kernel takes it: table (cap,), ints, floats, entries, combos."""
         return self.table.array, self.ints, self.floats, self.entries, self.combos
+
+
+def f32_down(v: npt.ArrayLike) -> F32:
+    """v as float32, rounded toward -inf (the float32 at most v)."""
+    v = np.asarray(v, dtype=np.float64)
+    f = v.astype(np.float32)
+    return np.where(f > v, np.nextafter(f, np.float32(-np.inf)), f)
+
+
+def f32_up(v: npt.ArrayLike) -> F32:
+    """v as float32, rounded toward +inf (the float32 at least v)."""
+    v = np.asarray(v, dtype=np.float64)
+    f = v.astype(np.float32)
+    return np.where(f < v, np.nextafter(f, np.float32(np.inf)), f)
+
+
+def _exact_f32(v: F64) -> F32:
+    """v as float32, which must hold it exactly (values `_frames` rounded already)."""
+    f = np.ascontiguousarray(v, dtype=np.float32)
+    if not np.array_equal(f, v):
+        raise ValueError("frame values that float32 does not hold exactly")
+    return f
 
 
 class _SinglePath(NamedTuple):
@@ -439,7 +466,7 @@ def _centre_offsets(x: float, y: float, row: np.int64, col: np.int64) -> tuple[f
 @numba.njit(cache=True, inline="always")
 def _settle(
     dl: float, dt: float, a: float, slot: np.int64,
-    ints: I64, floats: F64, entries: I64, combos: F64,
+    ints: I64, floats: F32, entries: I64, combos: F32,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xs: F64,
     ys: F64, pbox: F64,
 ) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
@@ -528,8 +555,8 @@ def _clamp(value: int, low: int, count: int) -> int:
 
 def _grid_kernel(
     lon: F64, lat: F64, acc: F64, forced: F64, far: F64,
-    f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
-    sub_base: I32, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    f_table: I64, f_ints: I64, f_floats: F32, f_entries: I64, f_combos: F32,
+    sub_base: I32, s_ints: I64, s_floats: F32, s_entries: I64, s_combos: F32,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
     pbox: F64, out_kind: I8, out_zone: I32, out_todo: B,
@@ -816,8 +843,8 @@ def _pair_distances(
 @numba.njit(cache=True, nogil=True)
 def grid_presence(
     lon: F64, lat: F64, acc: F64, points: I64, center_only: bool, forced: F64, far: F64,
-    f_table: I64, f_ints: I64, f_floats: F64, f_entries: I64, f_combos: F64,
-    sub_base: I32, s_ints: I64, s_floats: F64, s_entries: I64, s_combos: F64,
+    f_table: I64, f_ints: I64, f_floats: F32, f_entries: I64, f_combos: F32,
+    sub_base: I32, s_ints: I64, s_floats: F32, s_entries: I64, s_combos: F32,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
     pbox: F64,
@@ -1159,9 +1186,9 @@ class _Chunks:
     def __init__(self, own_frames: bool) -> None:
         self.own_frames = own_frames
         self.ints: list[I32] = []
-        self.floats: list[F64] = []
+        self.floats: list[F32] = []
         self.entries: list[I32] = []
-        self.combos: list[F64] = []
+        self.combos: list[F32] = []
         self.n_entries = self.n_combos = 0
 
     def add(self, level: Level) -> None:
@@ -1388,7 +1415,7 @@ def _classify(
     pair_part: I64,
     timed_pair: B,
     base_clearance: F64,
-    parent: tuple[I64, I64, F64, I64, I64] | None = None,
+    parent: tuple[I64, I64, F32, I64, I64] | None = None,
 ) -> tuple[Level, F64, I64]:
     """Classify cells from their (cell, zone piece) pairs.
 
@@ -1537,7 +1564,7 @@ class _Frames:
 
 
 def _derived_frames(
-    combos: F64, up: I64, parent_key: I64, lon0: F64, lat0: F64, step: float
+    combos: F32, up: I64, parent_key: I64, lon0: F64, lat0: F64, step: float
 ) -> _Frames:
     """Subcell frames from the parent cell's affine map; its error bound covers the subcell.
 
@@ -1547,14 +1574,14 @@ def _derived_frames(
     """
     plon = (parent_key % FINE_COLS) * FINE_STEP - 180.0 + FINE_STEP / 2
     plat = (parent_key // FINE_COLS) * FINE_STEP - 90.0 + FINE_STEP / 2
-    jac = combos[up, 2:6]
+    jac = combos[up, 2:6].astype(np.float64)  # exactly: float32 values widen without loss
     clon, clat = lon0 + step / 2, lat0 + step / 2
     dl, dt = clon - plon, clat - plat
     cx = combos[up, 0] + jac[:, 0] * dl + jac[:, 1] * dt
     cy = combos[up, 1] + jac[:, 2] * dl + jac[:, 3] * dt
     hx = (np.abs(jac[:, 0]) + np.abs(jac[:, 1])) * step / 2
     hy = (np.abs(jac[:, 2]) + np.abs(jac[:, 3])) * step / 2
-    err = combos[up, 6]
+    err = combos[up, 6].astype(np.float64)
     return _Frames(clon, clat, cx, cy, jac, err, np.hypot(hx, hy))
 
 
@@ -1587,7 +1614,29 @@ def _frames(ex: ExactIndex, lon0: F64, lat0: F64, step: float, tiles: I64) -> _F
         jac[sel] = np.column_stack([jx_lon, jx_lat, jy_lon, jy_lat])
         err[sel] = 2.0 * corner_err + 0.001
         half[sel] = np.hypot(x[1:] - x[0], y[1:] - y[0]).max(axis=0)
+    cx, cy, jac, err = _float32_map(cx, cy, jac, err)
     return _Frames(lon0 + step / 2, lat0 + step / 2, cx, cy, jac, err, half)
+
+
+def _float32_map(cx: F64, cy: F64, jac: F64, err: F64) -> tuple[F64, F64, F64, F64]:
+    """The affine maps as float32 values (as float64), each error bound widened to cover them.
+
+    Why here, before anything is measured: the build classifies cells with the very map the
+    kernels read, so the stored error bounds every use of it. Rounding moves the map's image of
+    a point at most |dcx| + |dcy| + sum|djac| * FINE_STEP (offsets from the centre are below
+    half a fine cell, whose map a subcell shares); about 4 mm where the frame position is
+    near 100 km, so the answers move by at most that, and only toward rejecting.
+    """
+    cx32, cy32 = cx.astype(np.float32), cy.astype(np.float32)
+    jac32 = jac.astype(np.float32)
+    moved = (
+        np.abs(cx - cx32) + np.abs(cy - cy32) + np.abs(jac - jac32).sum(axis=1) * FINE_STEP
+    )
+    err32 = f32_up(err + moved)
+    return (
+        cx32.astype(np.float64), cy32.astype(np.float64), jac32.astype(np.float64),
+        err32.astype(np.float64),
+    )  # fmt: skip
 
 
 def _forward_distinct(frames: Frames, key: int, lon: F64, lat: F64) -> tuple[F64, F64]:

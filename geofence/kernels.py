@@ -22,6 +22,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 
@@ -276,7 +277,7 @@ def point_distance(
 
 @numba.njit(cache=True, nogil=True)
 def level_fault(
-    ints: I32, floats: F64, entries: I32, n_combos: int, n_zones: int, n_parts: int,
+    ints: I32, floats: F32, entries: I32, n_combos: int, n_zones: int, n_parts: int,
     max_state: int, near: int, inside: int,
 ) -> int:  # fmt: skip
     """0 if a level's arrays are safe for the grid kernel, else the first fault's code.

@@ -173,7 +173,8 @@ def test_awkward_zones_round_trip(tmp_path: Path) -> None:
     assert_same_decisions(zs, loaded, lon, lat, acc)
 
 
-@pytest.mark.parametrize("version", [1, 3, 4])  # 3: int64 integers; 4: frames with centres
+# 3: int64 integers; 4: frames with centres; 5: float64 level floats and frames
+@pytest.mark.parametrize("version", [1, 3, 4, 5])
 def test_an_old_format_file_asks_to_be_recompiled(tmp_path: Path, version: int) -> None:
     path = tmp_path / "old.gfz"
     with zipfile.ZipFile(path, "w") as zf:
@@ -192,7 +193,7 @@ def test_the_file_is_arrays_and_json_only(bundled: ZoneSet, saved: Path) -> None
         assert names == [compiled.MANIFEST, compiled.META, *(f"{n}.npy" for n in compiled.ARRAYS)]
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
         manifest = json.loads(zf.read(compiled.MANIFEST))
-    assert manifest["format_version"] == compiled.FORMAT_VERSION == 5
+    assert manifest["format_version"] == compiled.FORMAT_VERSION == 6
     assert set(manifest["members"]) == compiled.MEMBERS
     early = {n for needs, _, _ in compiled._JOBS.values() for n in needs} - {compiled.META}
     assert set(compiled.ARRAYS) & early == set(list(compiled.ARRAYS)[: len(early)])

@@ -35,6 +35,7 @@ from geofence.grid import (
     COARSE_ROWS,
     FINE_COLS,
     FINE_PER_DEG,
+    FINE_STEP,
     LIST_M,
     STATE_CLEAR,
     STATE_SUB,
@@ -49,9 +50,12 @@ from geofence.grid import (
     _build_levels,
     _cells_of_boxes,
     _coarse_keys,
+    _float32_map,
     _forward_distinct,
     child_keys_of,
     coarse_reach,
+    f32_down,
+    f32_up,
     grid_kernel,
     grid_one,
     grid_one_present,
@@ -59,7 +63,7 @@ from geofence.grid import (
     grid_presence_one,
     grid_presence_zones,
 )
-from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
+from geofence.index import INTERIOR, KIND_CLEAR, KIND_INSIDE, KIND_NEAR, ExactIndex
 from geofence.kernels import (
     EMPTY_KEY,
     KEY_BITS,
@@ -520,6 +524,75 @@ def test_groups_equal_a_scan_per_key(values: list[int], scale: int | None) -> No
     assert got == want
     for _, sel in groups(keys):
         assert sel.dtype == np.int64
+
+
+_MAGNITUDES = st.one_of(
+    st.floats(-3e5, 3e5), st.sampled_from([0.0, -1.0, 60.0, np.inf, 1e-30, 123456.789])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_MAGNITUDES, min_size=1, max_size=50))
+def test_float32_thresholds_round_outward_to_the_nearest_float32(values: list[float]) -> None:
+    """f32_down gives the largest float32 at most v, f32_up the smallest at least v."""
+    v = np.array(values)
+    down, up = f32_down(v), f32_up(v)
+    assert down.dtype == up.dtype == np.float32
+    assert (down.astype(np.float64) <= v).all() and (up.astype(np.float64) >= v).all()
+    finite = np.isfinite(v)
+    assert (np.nextafter(down, np.float32(np.inf))[finite].astype(np.float64) > v[finite]).all()
+    assert (np.nextafter(up, np.float32(-np.inf))[finite].astype(np.float64) < v[finite]).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(-3e5, 3e5), min_size=6, max_size=6),
+    st.floats(0.0, 2.0),
+    st.floats(-0.5, 0.5),
+    st.floats(-0.5, 0.5),
+)
+def test_float32_maps_widen_their_error_by_what_rounding_moves(
+    values: list[float], err: float, u: float, v: float
+) -> None:
+    """Anywhere in a fine cell, the stored (float32) map lands within err32 - err of the map
+    as computed: so err32 bounds the stored map's distance from the true projection."""
+    cx, cy = np.array(values[:1]), np.array(values[1:2])
+    jac = np.array([values[2:]])
+    cx32, cy32, jac32, err32 = _float32_map(cx, cy, jac, np.array([err]))
+    for a in (cx32, cy32, jac32, err32):
+        assert np.array_equal(a.astype(np.float32), a)  # float32 holds them exactly
+    dl, dt = u * FINE_STEP, v * FINE_STEP
+    x, y = cx + jac[:, 0] * dl + jac[:, 1] * dt, cy + jac[:, 2] * dl + jac[:, 3] * dt
+    x32 = cx32 + jac32[:, 0] * dl + jac32[:, 1] * dt
+    y32 = cy32 + jac32[:, 2] * dl + jac32[:, 3] * dt
+    assert np.hypot(x32 - x, y32 - y)[0] <= err32[0] - err + 1e-9
+
+
+def test_stored_frames_bound_their_error_from_the_true_projection(bundled: ZoneSet) -> None:
+    """At the corners and inside a listed fine cell, the kernels' float32 map is within the
+    frame's stored error of pyproj's projection: the bound every shortcut adds."""
+    grid, ex = bundled.index, bundled.exact
+    assert isinstance(grid, GridIndex)
+    fine = grid.fine
+    keys = fine.table.slot_keys()
+    cell = np.repeat(np.arange(len(keys)), fine.ints[:, 4] - fine.ints[:, 3])
+    tile = ex.part_tile[fine.entries[:, 0]]
+    rng = np.random.default_rng(17)
+    pick = rng.choice(np.flatnonzero(tile != INTERIOR), 4000)
+    corners = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
+    uv = np.concatenate([corners[rng.integers(0, 4, 2000)], rng.uniform(-0.5, 0.5, (2000, 2))])
+    key, combo = keys[cell[pick]], fine.combos[fine.entries[pick, 1]].astype(np.float64)
+    dl, dt = uv[:, 0] * FINE_STEP, uv[:, 1] * FINE_STEP
+    lon = (key % FINE_COLS) * FINE_STEP - 180.0 + FINE_STEP / 2 + dl
+    lat = (key // FINE_COLS) * FINE_STEP - 90.0 + FINE_STEP / 2 + dt
+    x = combo[:, 0] + combo[:, 2] * dl + combo[:, 3] * dt
+    y = combo[:, 1] + combo[:, 4] * dl + combo[:, 5] * dt
+    gap = np.empty(len(pick))
+    for t, sel in groups(tile[pick]):
+        tx, ty = ex.frames.forward(int(t), lon[sel], lat[sel])
+        gap[sel] = np.hypot(x[sel] - tx, y[sel] - ty)
+    assert (gap <= combo[:, 6]).all()
+    assert gap.max() > 0.0
 
 
 def test_projecting_distinct_corners_once_changes_no_bit() -> None:

@@ -556,7 +556,7 @@ def _array_cases(members: Members) -> list[tuple[str, dict[str, Any], str]]:
         ),
         (
             "sub frames present",
-            {"sub__combos": np.zeros((1, 7))},
+            {"sub__combos": np.zeros((1, 7), dtype=np.float32)},
             "the sub level uses the fine level's",
         ),
         (

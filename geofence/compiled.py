@@ -5,11 +5,12 @@ names the format and its version and gives the SHA-256 and size of every other m
 `zoneset.json` holds what is text: the zone set's version, the resolved policy, the beacon
 registry, and the zones' ids, names, sources and jurisdictions as columns. Everything else is a
 NumPy `.npy` member: the zones' numbers and geometry (WKB in one byte array plus offsets), and
-the built index: `ExactIndex`'s pieces (projected WKB, tiles, bounds) and `GridIndex`'s tables
-(flat rings, forced boxes, the coarse table's keys, and both cell levels in the kernel's own
-layout). Loading builds nothing expensive: hash tables are refilled from their keys (the
-subcells' keys derived from the split fine cells), the STRtree from the pieces' stored bounds,
-and the `Zone` objects from the columns. Decisions are the compiled set's, array for array.
+the built index: `ExactIndex`'s pieces (flat rings in their tile frames, tiles, bounds) and
+`GridIndex`'s tables (forced boxes, the coarse table's keys, and both cell levels in the
+kernel's own layout). Loading builds nothing expensive: hash tables are refilled from their
+keys (the subcells' keys derived from the split fine cells), the STRtree from the pieces'
+stored bounds, and the `Zone` objects from the columns. Decisions are the compiled set's, array
+for array.
 
 Loading checks the magic, the format version and the size limits before it reads a member, and
 each member's checksum before anything is built from it. It parses only data: JSON, and `.npy`
@@ -69,8 +70,9 @@ FORMAT = "geofence-zoneset"
 # level's list entries name the fine level's frames (it stores none). 4: the levels' integers
 # (cells and list entries) are int32; members are in the order loading needs them. 5: frames
 # without the cell centre (the kernels compute it from the cell), 7 columns instead of 9.
-# 6: the levels' floats and frames are float32.
-FORMAT_VERSION = 6
+# 6: the levels' floats and frames are float32. 7: the pieces are only their flat coordinates
+# (the exact index measures those), no WKB.
+FORMAT_VERSION = 7
 # Refused before anything is read or parsed. The sizes are the ones the ZIP declares: a member
 # is read as the stored span its directory entry gives (compressed members are refused).
 MAX_FILE_BYTES = 8 << 30  # the .gfz file itself (a 1M-zone set is a few GB of tables)
@@ -96,8 +98,6 @@ _LEVEL_FIELDS: dict[str, tuple[str, tuple[int, ...]]] = {
 ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
     "fine.keys": ("i8", ()),  # in slot order: strictly increasing (sub keys are derived)
     "coarse.keys": ("i8", ()),  # in slot order: strictly increasing
-    "part.wkb": ("u1", ()),  # pieces in their tile frames (lon/lat for INTERIOR pieces)
-    "part.wkb_start": ("i8", ()),
     "zone.category": ("u1", ()),
     "zone.radius_m": ("f8", ()),
     "zone.buffer_m": ("f8", ()),  # the zone's own buffer_m; NaN: none
@@ -207,7 +207,6 @@ def _arrays(zs: ZoneSet) -> dict[str, npt.ArrayLike]:
     geoms = np.empty(len(zones), dtype=object)
     geoms[:] = [z.geometry for z in zones]
     zone_wkb, zone_start = _blob(geoms)
-    part_wkb, part_start = _blob(ex.part_geom)
     out: dict[str, npt.ArrayLike] = {
         "zone.category": zs.category,
         "zone.radius_m": np.array([z.radius_m for z in zones], dtype=np.float64),
@@ -219,13 +218,12 @@ def _arrays(zs: ZoneSet) -> dict[str, npt.ArrayLike]:
         "part.zone": ex.part_zone,
         "part.tile": ex.part_tile,
         "part.bounds": np.asarray(ex.part_bounds, dtype=np.float64).reshape(-1, 4),
-        "part.wkb": part_wkb,
-        "part.wkb_start": part_start,
-        "flat.is_point": grid.flat.is_point,
-        "flat.ring_start": grid.flat.ring_start,
-        "flat.coord_start": grid.flat.coord_start,
-        "flat.xs": grid.flat.xs,
-        "flat.ys": grid.flat.ys,
+        # The pieces in their tile frames (lon/lat for INTERIOR pieces), as the kernels read them.
+        "flat.is_point": ex.flat.is_point,
+        "flat.ring_start": ex.flat.ring_start,
+        "flat.coord_start": ex.flat.coord_start,
+        "flat.xs": ex.flat.xs,
+        "flat.ys": ex.flat.ys,
         "grid.forced": grid.forced.reshape(-1, 4),
         "coarse.keys": grid.coarse.slot_keys(),
         "coarse.clearance": grid.coarse_clearance,
@@ -726,7 +724,7 @@ def _check_arrays(arrays: Mapping[str, A], n_zones: int) -> None:
 
     n_parts = len(arrays["part.zone"])
     _length(arrays, ("part.tile", "part.bounds", "flat.is_point"), n_parts, "zone piece")
-    _length(arrays, ("part.wkb_start", "flat.ring_start"), n_parts + 1, "zone piece, plus one")
+    _length(arrays, ("flat.ring_start",), n_parts + 1, "zone piece, plus one")
     _in_range(arrays["part.zone"], "part.zone", 0, n_zones)
     tile = arrays["part.tile"]
     if tile.size and not bool(
@@ -734,7 +732,6 @@ def _check_arrays(arrays: Mapping[str, A], n_zones: int) -> None:
     ):
         raise _bad("part.tile.npy", "holds values that are not tiles")
     _finite(arrays["part.bounds"], "part.bounds")
-    _offsets(arrays["part.wkb_start"], "part.wkb_start", len(arrays["part.wkb"]))
 
     ring_start, coord_start = arrays["flat.ring_start"], arrays["flat.coord_start"]
     n_rings, n_coords = len(coord_start) - 1, len(arrays["flat.xs"])
@@ -827,17 +824,6 @@ def _from_blob(blob: bytes, start: A) -> npt.NDArray[np.object_]:
     return np.asarray(shapely.from_wkb(wkb), dtype=object).reshape(len(wkb))
 
 
-def _pieces(wkb: A, start: A) -> npt.NDArray[np.object_]:
-    """The exact index's pieces from WKB, prepared for repeated distance queries."""
-    _offsets(start, "part.wkb_start", len(wkb))
-    geoms = _from_blob(wkb.tobytes(), start)
-    missing = np.flatnonzero(shapely.get_type_id(geoms) < 0)
-    if missing.size:
-        raise _bad("part.wkb.npy", f"piece {missing[0]} is not a geometry")
-    shapely.prepare(geoms)
-    return geoms
-
-
 def _tables(fine_keys: A, coarse_keys: A) -> tuple[HashTable, HashTable, HashTable]:
     """The fine and coarse hash tables from their stored keys; the sub level has none (its
     cells are found by position under their parent, see grid._sub_base).
@@ -914,7 +900,6 @@ def _zones(
 _JOBS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Any]] = {
     "meta": ((META,), (), _meta_policy),
     "tables": (("fine.keys", "coarse.keys"), (), _tables),
-    "pieces": (("part.wkb", "part.wkb_start"), (), _pieces),
     "geometries": (("zone.wkb", "zone.wkb_start", "zone.radius_m"), (), _geometries),
     "zones": (
         ("zone.category", "zone.radius_m", "zone.buffer_m", "zone.valid_from", "zone.valid_until"),
@@ -986,20 +971,18 @@ def _assemble(arrays: dict[str, Any], jobs: dict[str, Future[Any]]) -> ZoneSet:
         valid_until=np.where(np.isnan(valid_until), np.inf, valid_until),
         part_zone=arrays["part.zone"],
         part_tile=arrays["part.tile"],
-        part_geom=jobs["pieces"].result(),
-        part_bounds=arrays["part.bounds"],
-    )
-    _drop(arrays, "part.wkb", "part.wkb_start")
-    fine_table, sub_table, coarse_table = jobs["tables"].result()
-    _drop(arrays, "fine.keys", "coarse.keys")
-    grid = GridIndex.from_tables(
-        exact,
-        FlatParts(
+        flat=FlatParts(
             arrays["flat.is_point"],
             arrays["flat.ring_start"],
             arrays["flat.coord_start"],
             np.stack([arrays.pop("flat.xs"), arrays.pop("flat.ys")]),
         ),
+        part_bounds=arrays["part.bounds"],
+    )
+    fine_table, sub_table, coarse_table = jobs["tables"].result()
+    _drop(arrays, "fine.keys", "coarse.keys")
+    grid = GridIndex.from_tables(
+        exact,
         forced=arrays["grid.forced"],
         fine=_level(arrays, "fine", fine_table),
         sub=_level(arrays, "sub", sub_table),

@@ -69,7 +69,7 @@ from geofence.kernels import (
     _hash,
     find,
     groups,
-    point_distance,
+    pair_distances,
     prefetch,
     rings_scan,
 )
@@ -227,8 +227,8 @@ class GridIndex:
         report = progress or _quiet
         self.exact = exact
         self.max_accuracy_m = float(max_accuracy_m)
-        self.flat = FlatParts.build(exact.part_geom)
-        release_freed_memory()  # the pieces' and rings' copies FlatParts read (~0.85 GB at 1M)
+        self.flat = exact.flat
+        release_freed_memory()  # the projected pieces and rings the exact index flattened
         big = _big_parts(exact)
         self.forced = _forced_boxes(exact, big, max_accuracy_m)
         # The coarse table before the levels: its work (an STRtree of every piece's box, boxes
@@ -243,7 +243,6 @@ class GridIndex:
     def from_tables(
         cls,
         exact: ExactIndex,
-        flat: FlatParts,
         forced: F64,
         fine: Level,
         sub: Level,
@@ -259,7 +258,7 @@ class GridIndex:
         self = cls.__new__(cls)
         self.exact = exact
         self.max_accuracy_m = float(max_accuracy_m)
-        self.flat = flat
+        self.flat = exact.flat
         self.forced = forced
         self.fine, self.sub = fine, sub
         self.coarse, self.coarse_clearance = coarse, coarse_clearance
@@ -822,22 +821,6 @@ def grid_one(lon: float, lat: float, acc: float, t: _Tables) -> np.int64:
     if todo[0]:
         return np.int64(-1)
     return (np.int64(kind[0]) << 32) | (np.int64(zone[0]) + 1)
-
-
-@numba.njit(cache=True)
-def _pair_distances(
-    cx: F64, cy: F64, pair_combo: I64, pair_part: I64,
-    is_point: B, ring_start: I64, coord_start: I64, xs: F64, ys: F64,
-) -> tuple[F64, F64]:  # fmt: skip
-    n = len(pair_part)
-    d = np.empty(n)
-    db = np.empty(n)
-    for i in range(n):
-        c = pair_combo[i]
-        d[i], db[i] = point_distance(
-            cx[c], cy[c], pair_part[i], is_point, ring_start, coord_start, xs, ys
-        )
-    return d, db
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1446,7 +1429,7 @@ def _classify(
         frame = _derived_frames(
             parent_combos, up, parent_key[combo_cell], lon0[combo_cell], lat0[combo_cell], step
         )
-    d, db = _pair_distances(
+    d, db = pair_distances(
         frame.cx, frame.cy, pair_combo, pair_part,
         flat.is_point, flat.ring_start, flat.coord_start, flat.xs, flat.ys,
     )  # fmt: skip

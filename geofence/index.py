@@ -8,6 +8,11 @@ metres, in the AEQD frame of the zone's tile (see `geodesy`). Zones spanning sev
 at tile edges so every piece is measured in a frame centred near it; the distance to a zone is the
 least distance to its pieces.
 
+The pieces are kept as flat coordinate arrays (`FlatParts`), measured by a compiled loop over
+their segments, not as shapely geometries: at 1M zones prepared geometries were 0.67 GB on top
+of the arrays the grid reads anyway. tests/test_index.py holds that loop to shapely's distances
+on the same projected pieces.
+
 Anything faster must give the same `Located` answer or a more conservative one (issue 6 puts a
 precomputed grid in front of this index; this class stays the reference).
 """
@@ -29,7 +34,7 @@ from geofence.geodesy import (
     degree_margins,
     tile_key,
 )
-from geofence.kernels import groups
+from geofence.kernels import FlatParts, groups, pair_distances
 
 # Polygon edges are straight in lon/lat (the GeoJSON convention). Densify them before projecting
 # so that their image in a metric frame follows the same line. A parallel of latitude curves in an
@@ -109,7 +114,7 @@ class ExactIndex:
         part_zone, part_tile, part_wgs = _split_by_tile(geometries)
         self.part_zone = part_zone
         self.part_tile = part_tile
-        self.part_geom = self._project(part_wgs, part_tile)
+        self.flat = FlatParts.build(project_pieces(self.frames, part_wgs, part_tile))
         self.part_bounds = shapely.bounds(part_wgs)
         self._build_tree()
 
@@ -122,21 +127,20 @@ class ExactIndex:
         valid_until: F64,
         part_zone: I64,
         part_tile: I64,
-        part_geom: npt.NDArray[np.object_],
+        flat: FlatParts,
         part_bounds: F64,
     ) -> ExactIndex:
         """An index from the arrays a compiled file stores (checked by the caller).
 
         Why: projecting and cutting pieces is most of the compile time; a saved index only
-        prepares its stored pieces and rebuilds the STRtree from their boxes (milliseconds).
+        rebuilds the STRtree from its pieces' boxes.
         """
         self = cls.__new__(cls)
         self.frames = Frames()
         self._set_zones(radius_m, buffer_m, valid_from, valid_until)
         self.part_zone = part_zone
         self.part_tile = part_tile
-        shapely.prepare(part_geom)  # a no-op for pieces already prepared
-        self.part_geom = part_geom
+        self.flat = flat
         self.part_bounds = part_bounds
         self._build_tree()
         return self
@@ -165,24 +169,6 @@ class ExactIndex:
         diagonals = np.asarray(shapely.linestrings(boxes.reshape(-1, 2, 2)), dtype=object)
         self.tree = shapely.STRtree(diagonals)
 
-    def _project(self, wgs: npt.NDArray[np.object_], tiles: I64) -> npt.NDArray[np.object_]:
-        out = np.empty(len(wgs), dtype=object)
-        dense = shapely.segmentize(wgs, SEGMENT_DEG)
-        interior = tiles == INTERIOR
-        out[interior] = wgs[interior]
-        for key, sel in groups(tiles):
-            if key == INTERIOR:
-                continue
-            transformer = self.frames.transformer(int(key))
-
-            def apply(xy: np.ndarray, t=transformer) -> np.ndarray:  # type: ignore[no-untyped-def]
-                x, y = t.transform(xy[:, 0], xy[:, 1])
-                return np.column_stack([x, y])
-
-            out[sel] = shapely.transform(dense[sel], apply)
-        shapely.prepare(out)
-        return out
-
     def candidates(self, lon: F64, lat: F64, accuracy_m: F64) -> tuple[I64, I64]:
         """(point index, part index) pairs whose boxes meet: a superset of every true hit."""
         dlon, dlat = degree_margins(accuracy_m, lat)
@@ -204,21 +190,25 @@ class ExactIndex:
         return point, part
 
     def distances(self, lon: F64, lat: F64, pts: I64, parts: I64) -> F64:
-        """Distance in metres from each point to its paired zone piece (0 inside)."""
+        """Distance in metres from each point to its paired zone piece (0 inside, or on the
+        boundary)."""
         d = np.empty(len(pts), dtype=np.float64)
         tiles = self.part_tile[parts]
+        fl = self.flat
         for key, sel in groups(tiles):
-            if key == INTERIOR:
-                inside = shapely.intersects(
-                    self.part_geom[parts[sel]], shapely.points(lon[pts[sel]], lat[pts[sel]])
-                )
-                d[sel] = np.where(inside, 0.0, np.inf)
-                continue
             # A point near several zones of one tile is projected once, not once per zone.
             unique_pts, back = np.unique(pts[sel], return_inverse=True)
-            x, y = self.frames.forward(int(key), lon[unique_pts], lat[unique_pts])
-            projected = np.asarray(shapely.points(x, y), dtype=object)
-            d[sel] = shapely.distance(self.part_geom[parts[sel]], projected[back])
+            if key == INTERIOR:  # lon/lat pieces that only say "inside"
+                x, y = lon[unique_pts], lat[unique_pts]
+            else:
+                x, y = self.frames.forward(int(key), lon[unique_pts], lat[unique_pts])
+            got, _ = pair_distances(
+                np.ascontiguousarray(x, dtype=np.float64),
+                np.ascontiguousarray(y, dtype=np.float64),
+                back.astype(np.int64), parts[sel].astype(np.int64),
+                fl.is_point, fl.ring_start, fl.coord_start, fl.xs, fl.ys,
+            )  # fmt: skip
+            d[sel] = np.where(got == 0.0, 0.0, np.inf) if key == INTERIOR else got
         return d
 
     def _set_zones(self, radius_m: F64, buffer_m: F64, valid_from: F64, valid_until: F64) -> None:
@@ -301,6 +291,28 @@ def unique_pairs(a: npt.NDArray[np.integer], b: npt.NDArray[np.integer]) -> tupl
     """
     key = np.unique((a.astype(np.int64) << 32) | b.astype(np.int64))
     return key >> 32, key & 0xFFFFFFFF
+
+
+def project_pieces(
+    frames: Frames, wgs: npt.NDArray[np.object_], tiles: I64
+) -> npt.NDArray[np.object_]:
+    """Pieces in their tiles' frames, densified first (see SEGMENT_DEG); INTERIOR pieces stay
+    in lon/lat."""
+    out = np.empty(len(wgs), dtype=object)
+    dense = shapely.segmentize(wgs, SEGMENT_DEG)
+    interior = tiles == INTERIOR
+    out[interior] = wgs[interior]
+    for key, sel in groups(tiles):
+        if key == INTERIOR:
+            continue
+        transformer = frames.transformer(int(key))
+
+        def apply(xy: np.ndarray, t=transformer) -> np.ndarray:  # type: ignore[no-untyped-def]
+            x, y = t.transform(xy[:, 0], xy[:, 1])
+            return np.column_stack([x, y])
+
+        out[sel] = shapely.transform(dense[sel], apply)
+    return out
 
 
 def _split_by_tile(geoms: npt.NDArray[np.object_]) -> tuple[I64, I64, npt.NDArray[np.object_]]:

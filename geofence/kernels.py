@@ -272,6 +272,23 @@ def point_distance(
     return (0.0 if inside else best), best
 
 
+@numba.njit(cache=True, nogil=True)
+def pair_distances(
+    px: F64, py: F64, pair_point: I64, pair_part: I64,
+    is_point: npt.NDArray[np.bool_], ring_start: I64, coord_start: I64, xs: F64, ys: F64,
+) -> tuple[F64, F64]:  # fmt: skip
+    """`point_distance` for each (point, piece) pair: the point at (px, py)[pair_point]."""
+    n = len(pair_part)
+    d = np.empty(n)
+    db = np.empty(n)
+    for i in range(n):
+        j = pair_point[i]
+        d[i], db[i] = point_distance(
+            px[j], py[j], pair_part[i], is_point, ring_start, coord_start, xs, ys
+        )
+    return d, db
+
+
 # --- checking a loaded level (geofence.compiled) -----------------------------------------------
 
 

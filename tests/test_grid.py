@@ -68,7 +68,6 @@ from geofence.kernels import (
     EMPTY_KEY,
     KEY_BITS,
     LOAD,
-    FlatParts,
     HashTable,
     _hash,
     find,
@@ -722,7 +721,7 @@ def test_fine_cells_classified_in_chunks_equal_one_chunk(
     """
     zs = bundled if which == "bundled" else _edge_zone_set()
     ex = zs.exact
-    flat = FlatParts.build(ex.part_geom)
+    flat = ex.flat
     big = _big_parts(ex)
     monkeypatch.setattr("geofence.grid.CHUNK_PAIRS", 1 << 40)
     whole_fine, whole_sub = _build_levels(ex, flat, big)

@@ -16,7 +16,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geofence.categories import Category
-from geofence.index import KIND_CLEAR, KIND_INSIDE, KIND_NEAR, unique_pairs
+from geofence.index import (
+    INTERIOR,
+    KIND_CLEAR,
+    KIND_INSIDE,
+    KIND_NEAR,
+    ExactIndex,
+    _split_by_tile,
+    project_pieces,
+    unique_pairs,
+)
+from geofence.kernels import groups
 from geofence.policy import load_policy_text
 from geofence.zones import Zone, read_zones
 from geofence.zoneset import ZoneSet
@@ -160,6 +170,53 @@ def test_point_zones_match_geodesic_distance() -> None:
     slack = limit * 3e-5 + 0.01
     clearly_out = true_d > limit + slack
     assert np.all(loc.kind[clearly_out] == KIND_CLEAR)
+
+
+def test_exact_distances_equal_shapely_on_the_same_pieces(bundled: list[Zone]) -> None:
+    """The exact index's compiled loop measures every (point, piece) pair as shapely measures
+    the projected piece: the same distance to a micrometre, 0 inside and on the boundary.
+
+    Pieces: real zones, a zone with a hole across a tile edge, and one wide enough to have an
+    INTERIOR piece (lon/lat, inside or not). Points: anywhere near each piece, its vertices
+    (on the boundary), and points a hair off its edges.
+    """
+    ring = [(-0.3, 51.3), (0.3, 51.3), (0.3, 51.7), (-0.3, 51.7)]
+    hole = [(-0.1, 51.45), (0.1, 51.45), (0.1, 51.55), (-0.1, 51.55)]
+    geoms = np.array(
+        [z.geometry for z in bundled[:300]]
+        + [shapely.Polygon(ring, [hole]), shapely.box(-1.2, 50.8, 1.3, 52.2)],
+        dtype=object,
+    )
+    n = len(geoms)
+    ex = ExactIndex(geoms, np.zeros(n), np.zeros(n), np.full(n, -np.inf), np.full(n, np.inf))
+    _, tiles, wgs = _split_by_tile(geoms)
+    assert np.array_equal(tiles, ex.part_tile) and (tiles == INTERIOR).any()
+    projected = project_pieces(ex.frames, wgs, tiles)
+    rng = np.random.default_rng(3)
+    b = shapely.bounds(wgs)
+    span = np.maximum(b[:, 2:] - b[:, :2], 1e-4)
+    part = np.repeat(np.arange(len(wgs)), 20)
+    xy = b[part, :2] - span[part] * 0.2 + rng.random((len(part), 2)) * span[part] * 1.4
+    vertices, owner = shapely.get_coordinates(shapely.get_exterior_ring(
+        shapely.get_geometry(wgs, 0)), return_index=True)  # fmt: skip
+    pick = rng.choice(len(vertices), 3000)
+    near = vertices[pick] + rng.normal(0.0, 1e-6, (len(pick), 2))
+    part = np.concatenate([part, owner[pick], owner[pick]])
+    xy = np.concatenate([xy, vertices[pick], near])
+    got = ex.distances(xy[:, 0], xy[:, 1], np.arange(len(part)), part)
+    want = np.empty(len(part))
+    for t, sel in groups(tiles[part]):
+        if t == INTERIOR:
+            inside = shapely.intersects(wgs[part[sel]], shapely.points(xy[sel]))
+            want[sel] = np.where(inside, 0.0, np.inf)
+            continue
+        x, y = ex.frames.forward(int(t), xy[sel, 0], xy[sel, 1])
+        want[sel] = shapely.distance(projected[part[sel]], shapely.points(x, y))
+    assert np.array_equal(got == 0.0, want == 0.0)
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert np.abs(got[finite] - want[finite]).max() <= 1e-6
+    assert 0 < np.count_nonzero(want == 0.0) < len(want)  # both sides of the boundary asked
 
 
 def test_inside_beats_near_and_boundary_counts_as_inside() -> None:

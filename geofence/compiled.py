@@ -8,7 +8,7 @@ NumPy `.npy` member: the zones' numbers and geometry (WKB in one byte array plus
 the built index: `ExactIndex`'s pieces (flat rings in their tile frames, tiles, bounds) and
 `GridIndex`'s tables (forced boxes, the coarse table's keys, and both cell levels in the
 kernel's own layout). Loading builds nothing expensive: hash tables are refilled from their
-keys (the subcells' keys derived from the split fine cells), the STRtree from the pieces'
+keys (the subcells' keys derived from the split fine cells), the box tree from the pieces'
 stored bounds, and the `Zone` objects from the columns. Decisions are the compiled set's, array
 for array.
 

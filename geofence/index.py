@@ -2,11 +2,11 @@
 
 `ExactIndex` answers, for arrays of (lon, lat, accuracy, time), which zone (if any) the accuracy
 circle reaches within its buffer, whether the point is inside a zone, and which zones the device
-was present in. Candidates come from a shapely STRtree (the zone set is static: it is rebuilt, not
-edited, on reload) over each zone's reach box; each candidate is then measured exactly, in true
-metres, in the AEQD frame of the zone's tile (see `geodesy`). Zones spanning several tiles are cut
-at tile edges so every piece is measured in a frame centred near it; the distance to a zone is the
-least distance to its pieces.
+was present in. Candidates come from a packed box tree (`BoxTree`: the zone set is static, it
+is rebuilt, not edited, on reload) over each zone's reach box; each candidate is then measured
+exactly, in true metres, in the AEQD frame of the zone's tile (see `geodesy`). Zones spanning
+several tiles are cut at tile edges so every piece is measured in a frame centred near it; the
+distance to a zone is the least distance to its pieces.
 
 The pieces are kept as flat coordinate arrays (`FlatParts`), measured by a compiled loop over
 their segments, not as shapely geometries: at 1M zones prepared geometries were 0.67 GB on top
@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
+from geofence.boxtree import BoxTree
 from geofence.geodesy import (
     FRAME_SLACK_M,
     FRAME_STRETCH,
@@ -98,7 +99,7 @@ class LocationIndex(Protocol):
 
 
 class ExactIndex:
-    """STRtree candidates and exact distances in tile frames. The reference implementation."""
+    """Box tree candidates and exact distances in tile frames. The reference implementation."""
 
     def __init__(
         self,
@@ -133,7 +134,7 @@ class ExactIndex:
         """An index from the arrays a compiled file stores (checked by the caller).
 
         Why: projecting and cutting pieces is most of the compile time; a saved index only
-        rebuilds the STRtree from its pieces' boxes.
+        rebuilds the box tree from its pieces' boxes.
         """
         self = cls.__new__(cls)
         self.frames = Frames()
@@ -146,7 +147,7 @@ class ExactIndex:
         return self
 
     def _build_tree(self) -> None:
-        """The STRtree over every piece's reach box (with antimeridian twins)."""
+        """The box tree over every piece's reach box (with antimeridian twins)."""
         part_zone, part_tile = self.part_zone, self.part_tile
         # Reach: how far from its geometry a zone can reject a point with zero accuracy.
         reach = np.where(
@@ -163,11 +164,7 @@ class ExactIndex:
         boxes = np.concatenate([boxes, shifted])
         tree_part = np.concatenate([tree_part, tree_part[east], tree_part[west]])
         self.tree_part = tree_part
-        # The tree reads only its items' envelopes, and `candidates` asks it for no predicate:
-        # each box as its diagonal, a two-point line with the same envelope, gives the same
-        # tree and answers for two thirds of a polygon's memory (1M zones: ~140 MB less).
-        diagonals = np.asarray(shapely.linestrings(boxes.reshape(-1, 2, 2)), dtype=object)
-        self.tree = shapely.STRtree(diagonals)
+        self.tree = BoxTree.build(boxes)
 
     def candidates(self, lon: F64, lat: F64, accuracy_m: F64) -> tuple[I64, I64]:
         """(point index, part index) pairs whose boxes meet: a superset of every true hit."""
@@ -183,7 +180,7 @@ class ExactIndex:
             west = np.concatenate([west, west[wraps] + shift])
             east = np.concatenate([east, east[wraps] + shift])
             south, north = south[owner], north[owner]
-        pts, hits = self.tree.query(shapely.box(west, south, east, north))
+        pts, hits = self.tree.query(west, south, east, north)
         point, part = owner[pts].astype(np.int64), self.tree_part[hits].astype(np.int64)
         if wraps.size:  # one pair per (point, part): a piece may be found from both sides
             point, part = unique_pairs(point, part)

@@ -1,7 +1,7 @@
 """Compiled files (`.gfz`) carry the built index: a loaded zone set decides exactly as compiled.
 
 The file stores the grid's tables and the exact index's pieces, so load rebuilds only hash
-tables and an STRtree. These tests compare a loaded set with the set it was saved from, array
+tables and a box tree. These tests compare a loaded set with the set it was saved from, array
 by array and decision by decision. Hostile files are in test_hostile_files.py.
 """
 

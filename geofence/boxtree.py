@@ -90,18 +90,18 @@ def _query(
     boxes: F64, level_start: I64, items: I64, west: F64, south: F64, east: F64, north: F64
 ) -> tuple[I64, I64]:  # fmt: skip
     n = len(west)
-    top = len(level_start) - 2 if len(boxes) else -1  # the root's level; -1: an empty tree
     cap = 2 * n + 16
     out_q = np.empty(cap, dtype=np.int64)
     out_i = np.empty(cap, dtype=np.int64)
     m = 0
+    if len(boxes) == 0:
+        return out_q[:0].copy(), out_i[:0].copy()
+    top = len(level_start) - 2  # the root's level
     # Depth-first: a node's children are pushed only if they meet the query box, so the stack
     # holds at most NODE per level.
     stack_level = np.empty(NODE * (top + 2), dtype=np.int64)
     stack_pos = np.empty(NODE * (top + 2), dtype=np.int64)
     for q in range(n):
-        if top < 0:
-            break
         w, s, e, nn = west[q], south[q], east[q], north[q]
         sp = 0
         root = level_start[top]

@@ -1550,8 +1550,9 @@ def _classify(
 
 @dataclass(frozen=True, slots=True)
 class _Frames:
-    clon: F64
-    clat: F64
+    """Per (cell, tile): the cell centre's frame position, the affine map, its error bound,
+    and the farthest corner's distance from the centre."""
+
     cx: F64
     cy: F64
     jac: F64
@@ -1578,7 +1579,7 @@ def _derived_frames(
     hx = (np.abs(jac[:, 0]) + np.abs(jac[:, 1])) * step / 2
     hy = (np.abs(jac[:, 2]) + np.abs(jac[:, 3])) * step / 2
     err = combos[up, 6].astype(np.float64)
-    return _Frames(clon, clat, cx, cy, jac, err, np.hypot(hx, hy))
+    return _Frames(cx, cy, jac, err, np.hypot(hx, hy))
 
 
 def _frames(ex: ExactIndex, lon0: F64, lat0: F64, step: float, tiles: I64) -> _Frames:
@@ -1611,7 +1612,7 @@ def _frames(ex: ExactIndex, lon0: F64, lat0: F64, step: float, tiles: I64) -> _F
         err[sel] = 2.0 * corner_err + 0.001
         half[sel] = np.hypot(x[1:] - x[0], y[1:] - y[0]).max(axis=0)
     cx, cy, jac, err = _float32_map(cx, cy, jac, err)
-    return _Frames(lon0 + step / 2, lat0 + step / 2, cx, cy, jac, err, half)
+    return _Frames(cx, cy, jac, err, half)
 
 
 def _float32_map(cx: F64, cy: F64, jac: F64, err: F64) -> tuple[F64, F64, F64, F64]:

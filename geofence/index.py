@@ -202,7 +202,7 @@ class ExactIndex:
             got, _ = pair_distances(
                 np.ascontiguousarray(x, dtype=np.float64),
                 np.ascontiguousarray(y, dtype=np.float64),
-                back.astype(np.int64), parts[sel].astype(np.int64),
+                back.astype(np.int64, copy=False), parts[sel].astype(np.int64, copy=False),
                 fl.is_point, fl.ring_start, fl.coord_start, fl.xs, fl.ys,
             )  # fmt: skip
             d[sel] = np.where(got == 0.0, 0.0, np.inf) if key == INTERIOR else got

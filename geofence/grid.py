@@ -69,7 +69,7 @@ from geofence.kernels import (
     _hash,
     find,
     groups,
-    pair_distances,
+    point_distance,
     prefetch,
     rings_scan,
 )
@@ -91,6 +91,7 @@ MAX_CELLS_PER_PART = 20_000  # zones wider than ~20 km are left to the exact ind
 MAX_SPLIT_PIECES = 12  # a mixed cell near more pieces than this stays whole (its list decides)
 SUB_PAIR_BUDGET = 6_000_000  # at most this many (subcell, piece) pairs in a zone set
 COARSE_CHUNK = 1 << 16  # coarse cells measured at a time
+FRAME_BATCH = 1 << 16  # cells projected at a time (see _frames)
 # How a long build reports where it is: (stage, done, total), in the stage's own units.
 BuildProgress = Callable[[str, int, int], None]
 
@@ -162,16 +163,23 @@ class Level:
         """
         if len(entry_part) >= 2**31 or len(cx) >= 2**31:
             raise OverflowError("a level with 2**31 list entries or frames: beyond int32")
-        ints = np.column_stack([state, zone, near_zone, list_start[:-1], list_start[1:]])
-        return cls(
-            table,
-            np.ascontiguousarray(ints, dtype=np.int32),
-            np.column_stack(
-                [f32_down(clearance), f32_up(near_acc), f32_down(list_valid)]
-            ).astype(np.float32),
-            np.ascontiguousarray(np.column_stack([entry_part, entry_combo]), dtype=np.int32),
-            _exact_f32(np.column_stack([cx, cy, jac, err]).reshape(-1, 7)),
-        )
+        # Filled column by column: stacking first makes int64 and float64 copies of each.
+        ints = np.empty((len(state), 5), dtype=np.int32)
+        columns: tuple[npt.NDArray[np.integer[Any]], ...] = (
+            state, zone, near_zone, list_start[:-1], list_start[1:],
+        )  # fmt: skip
+        for j, column in enumerate(columns):
+            ints[:, j] = column
+        floats = np.empty((len(state), 3), dtype=np.float32)
+        floats[:, 0] = f32_down(clearance)
+        floats[:, 1] = f32_up(near_acc)
+        floats[:, 2] = f32_down(list_valid)
+        entries = np.empty((len(entry_part), 2), dtype=np.int32)
+        entries[:, 0], entries[:, 1] = entry_part, entry_combo
+        combos = np.empty((len(cx), 7), dtype=np.float32)
+        for j, column in enumerate((cx, cy, *jac.reshape(-1, 4).T, err)):
+            combos[:, j] = _exact_f32(column)
+        return cls(table, ints, floats, entries, combos)
 
     @property
     def state(self) -> I32:
@@ -239,6 +247,7 @@ class GridIndex:
         release_freed_memory()
         self.fine, self.sub = _build_levels(exact, self.flat, big, report)
         self._pack()
+        release_freed_memory()  # the sub level's work (1M zones: ~0.1 GB kept otherwise)
 
     @classmethod
     def from_tables(
@@ -1418,7 +1427,6 @@ def _classify(
     each cell's parent cell and that cell's key) lets subcells reuse their parent's affine maps
     instead of projecting again.
     """
-    n_cells = len(keys)
     step = 1.0 / per_deg
     lat0 = (keys // n_cols) * step - 90.0
     lon0 = (keys % n_cols) * step - 180.0
@@ -1438,77 +1446,16 @@ def _classify(
         frame = _derived_frames(
             parent_combos, up, parent_key[combo_cell], lon0[combo_cell], lat0[combo_cell], step
         )
-    d, db = pair_distances(
-        frame.cx, frame.cy, pair_combo, pair_part,
-        flat.is_point, flat.ring_start, flat.coord_start, flat.xs, flat.ys,
-    )  # fmt: skip
     # Every point of the cell is within h of its centre (h: the farthest corner, plus the affine
     # map's error), and distances are 1-Lipschitz: d - h and d + h bound them over the cell.
-    h = frame.half_diag[pair_combo] + frame.err[pair_combo]
-    pz = ex.part_zone[pair_part]
-    r = ex.radius_m[pz]
-    reach = r + ex.buffer_m[pz]
-    lo, hi = d - h, d + h
-    # Clearance: for a <= this, ExactIndex's test (d <= (reach + a) * S + slack) is false.
-    clear_pair = (lo - FRAME_SLACK_M - EPS_M) / FRAME_STRETCH - reach
-    clearance = base_clearance.copy()
-    np.minimum.at(clearance, cell_of_pair, clear_pair)
-    may_inside = lo <= r * FRAME_STRETCH + FRAME_SLACK_M + EPS_M
-    n_may_inside = np.bincount(cell_of_pair, weights=may_inside, minlength=n_cells)
-    within_reach = hi <= reach - EPS_M
-    is_point = flat.is_point[pair_part]
-    inside = np.where(is_point, hi <= r - EPS_M, (d == 0.0) & (db - h >= EPS_M))
-
-    state = np.full(n_cells, STATE_MIXED, dtype=np.int8)
-    zone = np.full(n_cells, -1, dtype=np.int32)
-    state[clearance >= 0.0] = STATE_CLEAR
-    depth = np.where(within_reach, d - reach, np.inf)
-    best = np.full(n_cells, np.inf)
-    np.minimum.at(best, cell_of_pair, depth)
-    near_cells = np.isfinite(best) & (n_may_inside == 0)
-    _assign(zone, cell_of_pair, pz, depth == best[cell_of_pair], near_cells)
-    state[near_cells] = STATE_NEAR
-    inside_cells = _any_per_cell(cell_of_pair, inside, n_cells) & (n_may_inside == 1)
-    _assign(zone, cell_of_pair, pz, inside, inside_cells)
-    state[inside_cells] = STATE_INSIDE
-    timed = _any_per_cell(cell_of_pair, timed_pair, n_cells)
-    state[timed] = STATE_MIXED
-
-    # Large circles: a >= hi - reach (+ tolerance) reaches the zone from anywhere in the cell.
-    acc_needed = np.where(n_may_inside[cell_of_pair] == 0, hi - reach + EPS_M, np.inf)
-    near_acc = np.full(n_cells, np.inf)
-    np.minimum.at(near_acc, cell_of_pair, acc_needed)
-    near_zone = np.full(n_cells, -1, dtype=np.int32)
-    reachable = np.isfinite(near_acc)
-    _assign(near_zone, cell_of_pair, pz, acc_needed == near_acc[cell_of_pair], reachable)
-
-    # Lists: pieces within LIST_M. Valid up to the clearance of the pieces left out; never for
-    # cells with temporary zones (time is the exact index's job). CLEAR and MIXED cells settle
-    # decisions from them, so they list by the clearance from each piece's reach. A NEAR or
-    # INSIDE cell is decided by its state and uses its list for presence only (`grid_presence`:
-    # a circle present in a zone reaches its area), so it lists by the clearance from the zone's
-    # area, which leaves out most pieces whose buffer merely covers it.
-    from_area = (lo - FRAME_SLACK_M - EPS_M) / FRAME_STRETCH - r
-    by_state = np.isin(state, (STATE_NEAR, STATE_INSIDE))[cell_of_pair]
-    list_clear = np.where(by_state, from_area, clear_pair)
-    listed = list_clear < LIST_M
-    valid = np.minimum(base_clearance, LIST_M)
-    np.minimum.at(valid, cell_of_pair[~listed], list_clear[~listed])
-    valid[timed] = -1.0
-    # Presence clearance: up to this accuracy no listed piece's area is reached, so a point the
-    # list settles is present nowhere, and grid_presence says so without measuring (at 50k
-    # zones about half the points it is asked about). It is kept where a CLEAR cell keeps its
-    # clearance (floats[:, 0], unread for other states); a CLEAR cell's clearance, from every
-    # piece's reach, bounds it too. LIST_M where nothing is listed: lists serve no accuracy
-    # beyond list_valid <= LIST_M.
-    presence_clear = np.full(n_cells, LIST_M)
-    np.minimum.at(presence_clear, cell_of_pair[listed], from_area[listed])
-    order = np.flatnonzero(listed)[np.argsort(cell_of_pair[listed], kind="stable")]
-    list_start = np.searchsorted(cell_of_pair[order], np.arange(n_cells + 1)).astype(np.int64)
-    # Per pair work that is done with: let go before the level is packed, the chunk's peak
-    # (1M zones: ~0.1 GB of the compile's peak).
-    del d, db, h, pz, r, reach, lo, hi, may_inside, within_reach, is_point, inside, depth
-    del acc_needed, from_area, by_state, list_clear, listed
+    c = _classify_pairs(
+        cell_of_pair, pair_part, pair_combo, timed_pair, base_clearance,
+        frame.cx, frame.cy, frame.half_diag + frame.err,
+        ex.part_zone, ex.radius_m, ex.buffer_m,
+        flat.is_point, flat.ring_start, flat.coord_start, flat.xs, flat.ys,
+    )  # fmt: skip
+    state, zone, clearance, near_acc, near_zone, list_start, valid, order, clear_pair = c
+    del c
     if parent is None:
         # The fine level keeps the (cell, tile) frames its lists name, and those of pieces a
         # mixed cell may carry down to its subcells (whose lists name them too): the others are
@@ -1531,10 +1478,8 @@ def _classify(
         table=HashTable(np.empty(0, dtype=np.int64)),
         state=state,
         zone=zone,
-        clearance=np.where(
-            state == STATE_CLEAR, clearance, np.where(timed, -1.0, presence_clear)
-        ),
-        near_acc=np.where(timed, np.inf, near_acc),
+        clearance=clearance,
+        near_acc=near_acc,
         near_zone=near_zone,
         list_start=list_start,
         list_valid=valid,
@@ -1546,6 +1491,150 @@ def _classify(
         err=frame.err[keep],
     )
     return level, clear_pair, pair_combo
+
+
+@numba.njit(cache=True, nogil=True)
+def _classify_pairs(
+    cell_of_pair: I64, pair_part: I64, pair_combo: I64, timed_pair: B, base_clearance: F64,
+    cx: F64, cy: F64, h_combo: F64, part_zone: I64, radius_m: F64, buffer_m: F64,
+    is_point: B, ring_start: I64, coord_start: I64, xs: F64, ys: F64,
+) -> tuple[I8, I32, F64, F64, I32, I64, F64, I64, F64]:  # fmt: skip
+    """The cells' fields from their (cell, piece) pairs, each pair measured once (see _classify).
+
+    Returns per cell: state, zone, clearance (a CLEAR cell's, else the presence clearance, -1
+    where temporary), near_acc, near_zone, list offsets (n + 1) and list_valid; the listed pairs
+    in list order; per pair, its clearance.
+
+    Why a loop: the same arithmetic as NumPy expressions over the pairs, value for value, in
+    three passes that keep two numbers and two flags a pair, where NumPy made two dozen
+    temporaries of the pairs' length (1M zones: about 0.5 GB a chunk, most of the compile's
+    peak above the levels themselves).
+    """
+    n_pairs, n_cells = len(pair_part), len(base_clearance)
+    d = np.empty(n_pairs)
+    clear_pair = np.empty(n_pairs)
+    inside = np.zeros(n_pairs, dtype=np.bool_)
+    listed = np.zeros(n_pairs, dtype=np.bool_)
+    clearance = base_clearance.copy()
+    n_may_inside = np.zeros(n_cells, dtype=np.int64)
+    best = np.full(n_cells, np.inf)
+    any_inside = np.zeros(n_cells, dtype=np.bool_)
+    timed = np.zeros(n_cells, dtype=np.bool_)
+    # Pass 1: distances; each cell's clearance, pieces whose area it may reach, deepest reach.
+    for i in range(n_pairs):
+        c, p = cell_of_pair[i], pair_part[i]
+        k = pair_combo[i]
+        di, dbi = point_distance(cx[k], cy[k], p, is_point, ring_start, coord_start, xs, ys)
+        h = h_combo[k]
+        r = radius_m[part_zone[p]]
+        reach = r + buffer_m[part_zone[p]]
+        lo, hi = di - h, di + h
+        # Clearance: for a <= this, ExactIndex's test (d <= (reach + a) * S + slack) is false.
+        clear_pair[i] = (lo - FRAME_SLACK_M - EPS_M) / FRAME_STRETCH - reach
+        clearance[c] = min(clearance[c], clear_pair[i])
+        if lo <= r * FRAME_STRETCH + FRAME_SLACK_M + EPS_M:
+            n_may_inside[c] += 1
+        if hi <= reach - EPS_M:
+            best[c] = min(best[c], di - reach)
+        if is_point[p]:
+            inside[i] = hi <= r - EPS_M
+        else:
+            inside[i] = di == 0.0 and dbi - h >= EPS_M
+        any_inside[c] |= inside[i]
+        timed[c] |= timed_pair[i]
+        d[i] = di
+    state = np.full(n_cells, STATE_MIXED, dtype=np.int8)
+    near_cell = np.zeros(n_cells, dtype=np.bool_)
+    inside_cell = np.zeros(n_cells, dtype=np.bool_)
+    for c in range(n_cells):
+        if clearance[c] >= 0.0:
+            state[c] = STATE_CLEAR
+        near_cell[c] = np.isfinite(best[c]) and n_may_inside[c] == 0
+        if near_cell[c]:
+            state[c] = STATE_NEAR
+        inside_cell[c] = any_inside[c] and n_may_inside[c] == 1
+        if inside_cell[c]:
+            state[c] = STATE_INSIDE
+        if timed[c]:
+            state[c] = STATE_MIXED
+    # Pass 2: the zone of NEAR and INSIDE cells (the lowest of the deepest or inside pieces'
+    # zones), the accuracy from which a circle reaches a zone from anywhere in the cell, and
+    # the lists.
+    no_zone = np.iinfo(np.int64).max
+    zone_pick = np.full(n_cells, no_zone)
+    near_acc = np.full(n_cells, np.inf)
+    valid = np.minimum(base_clearance, LIST_M)
+    presence_clear = np.full(n_cells, LIST_M)
+    count = np.zeros(n_cells + 1, dtype=np.int64)
+    for i in range(n_pairs):
+        c, p = cell_of_pair[i], pair_part[i]
+        z = part_zone[p]
+        h = h_combo[pair_combo[i]]
+        r = radius_m[z]
+        reach = r + buffer_m[z]
+        lo, hi = d[i] - h, d[i] + h
+        depth = d[i] - reach if hi <= reach - EPS_M else np.inf
+        if (near_cell[c] and depth == best[c]) or (inside_cell[c] and inside[i]):
+            zone_pick[c] = min(zone_pick[c], z)
+        # Large circles: a >= hi - reach (+ tolerance) reaches the zone from anywhere in the cell.
+        if n_may_inside[c] == 0:
+            near_acc[c] = min(near_acc[c], hi - reach + EPS_M)
+        # Lists: pieces within LIST_M. Valid up to the clearance of the pieces left out; never
+        # for cells with temporary zones (time is the exact index's job). CLEAR and MIXED cells
+        # settle decisions from them, so they list by the clearance from each piece's reach. A
+        # NEAR or INSIDE cell is decided by its state and uses its list for presence only
+        # (`grid_presence`: a circle present in a zone reaches its area), so it lists by the
+        # clearance from the zone's area, which leaves out most pieces whose buffer merely
+        # covers it.
+        # Presence clearance: up to this accuracy no listed piece's area is reached, so a point
+        # the list settles is present nowhere, and grid_presence says so without measuring (at
+        # 50k zones about half the points it is asked about). LIST_M where nothing is listed:
+        # lists serve no accuracy beyond list_valid <= LIST_M.
+        from_area = (lo - FRAME_SLACK_M - EPS_M) / FRAME_STRETCH - r
+        by_state = state[c] == STATE_NEAR or state[c] == STATE_INSIDE
+        list_clear = from_area if by_state else clear_pair[i]
+        if list_clear < LIST_M:
+            listed[i] = True
+            count[c + 1] += 1
+            presence_clear[c] = min(presence_clear[c], from_area)
+        else:
+            valid[c] = min(valid[c], list_clear)
+    # Pass 3: near_zone (the lowest zone needing the least accuracy), and the listed pairs,
+    # cell by cell, each cell's in pair order.
+    near_pick = np.full(n_cells, no_zone)
+    list_start = np.cumsum(count)
+    at = list_start[:-1].copy()
+    order = np.empty(list_start[-1], dtype=np.int64)
+    for i in range(n_pairs):
+        c, p = cell_of_pair[i], pair_part[i]
+        z = part_zone[p]
+        reach = radius_m[z] + buffer_m[z]
+        if n_may_inside[c] == 0 and d[i] + h_combo[pair_combo[i]] - reach + EPS_M == near_acc[c]:
+            near_pick[c] = min(near_pick[c], z)
+        if listed[i]:
+            order[at[c]] = i
+            at[c] += 1
+    zone = np.full(n_cells, -1, dtype=np.int32)
+    near_zone = np.full(n_cells, -1, dtype=np.int32)
+    out_clearance = np.empty(n_cells)
+    for c in range(n_cells):
+        if near_cell[c] or inside_cell[c]:
+            zone[c] = np.int32(zone_pick[c])
+        if np.isfinite(near_acc[c]):
+            near_zone[c] = np.int32(near_pick[c])
+        # The presence clearance is kept where a CLEAR cell keeps its clearance (floats[:, 0],
+        # unread for other states); a CLEAR cell's clearance, from every piece's reach, bounds
+        # it too.
+        if state[c] == STATE_CLEAR:
+            out_clearance[c] = clearance[c]
+        elif timed[c]:
+            out_clearance[c] = -1.0
+        else:
+            out_clearance[c] = presence_clear[c]
+        if timed[c]:
+            valid[c] = -1.0
+            near_acc[c] = np.inf
+    return state, zone, out_clearance, near_acc, near_zone, list_start, valid, order, clear_pair
 
 
 @dataclass(frozen=True, slots=True)
@@ -1587,7 +1676,15 @@ def _frames(ex: ExactIndex, lon0: F64, lat0: F64, step: float, tiles: I64) -> _F
     n = len(lon0)
     cx, cy, err, half = (np.empty(n) for _ in range(4))
     jac = np.empty((n, 4))
-    for key, sel in groups(tiles):
+    # A tile's cells a batch at a time: the work is ~400 bytes a cell, and a dense city puts
+    # most of a chunk's cells in one tile (1M zones: 0.34 GB at once). Each point projects
+    # alone, so the batches change no value.
+    batches = (
+        (key, sel[a : a + FRAME_BATCH])
+        for key, sel in groups(tiles)
+        for a in range(0, len(sel), FRAME_BATCH)
+    )
+    for key, sel in batches:
         lo, la = lon0[sel], lat0[sel]
         # centre, then corners SW, SE, NE, NW
         lons = np.concatenate([lo + step / 2, lo, lo + step, lo + step, lo])
@@ -1792,14 +1889,6 @@ def _any_per_cell(cell_of_pair: I64, flag: B, n: int) -> B:
     out = np.zeros(n, dtype=bool)
     out[cell_of_pair[flag]] = True
     return out
-
-
-def _assign(zone: I32, cell_of_pair: I64, pz: I64, chosen: B, cells: B) -> None:
-    """zone[cell] = the lowest zone index among the chosen pairs of each given cell."""
-    pick = chosen & cells[cell_of_pair]
-    best = np.full(len(zone), np.iinfo(np.int64).max)
-    np.minimum.at(best, cell_of_pair[pick], pz[pick])
-    zone[cells] = best[cells].astype(np.int32)
 
 
 def _piece_boxes(flat: FlatParts) -> F64:

@@ -25,6 +25,7 @@ from geofence.geodesy import (
     FRAME_STRETCH,
     M_PER_DEG_LAT_MIN,
     Frames,
+    tile_center,
     tile_key,
 )
 from geofence.grid import (
@@ -610,6 +611,24 @@ def test_projecting_distinct_corners_once_changes_no_bit() -> None:
     assert x.tobytes() == ref_x.tobytes()
     assert y.tobytes() == ref_y.tobytes()
     assert len(np.unique(lons + 1j * lats)) < len(lons) / 2  # corners were shared
+
+
+def test_frames_in_batches_change_no_bit(
+    bundled: ZoneSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_frames projects a tile's cells a batch at a time: the same frames as all at once."""
+    ex = bundled.exact
+    rng = np.random.default_rng(3)
+    tiles = rng.choice(np.unique(ex.part_tile), 4000)
+    lon_c, lat_c = np.array([tile_center(int(t)) for t in tiles]).T
+    step = 1.0 / FINE_PER_DEG
+    lon0 = np.floor((lon_c + rng.uniform(-0.25, 0.25, len(tiles))) / step) * step
+    lat0 = np.floor((lat_c + rng.uniform(-0.25, 0.25, len(tiles))) / step) * step
+    whole = grid_module._frames(ex, lon0, lat0, step, tiles)
+    monkeypatch.setattr(grid_module, "FRAME_BATCH", 7)
+    batched = grid_module._frames(ex, lon0, lat0, step, tiles)
+    for name in ("cx", "cy", "jac", "err", "half_diag"):
+        assert getattr(whole, name).tobytes() == getattr(batched, name).tobytes(), name
 
 
 @pytest.mark.extended

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geofence import engine as engine_module
-from geofence.engine import Engine
+from geofence.engine import Engine, _latest_per_pair
 from geofence.presence import MemoryStore
 from geofence.reasons import Reason
 from geofence.zoneset import ZoneSet
@@ -143,3 +145,45 @@ def test_records_the_store_refuses_are_dropped_not_held(
     store.refuse = False
     far = e.check_location(lat=10.0, lon=-30.0, accuracy_m=5.0, device_id="ifa-r")
     assert far.reason is Reason.ALLOWED and len(store) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 3), st.sampled_from([0.0, 1.0, 2.5, 7.0])),
+        max_size=40,
+    )
+)
+def test_latest_per_pair_keeps_the_last_latest_record_of_each_pair(
+    rows: list[tuple[int, int, float]],
+) -> None:
+    """One index per (device, category): its latest time, the last of equal times, the pairs
+    in order of first appearance."""
+    dev = np.array([d for d, _, _ in rows], dtype=np.intp)
+    cat = np.array([c for _, c, _ in rows], dtype=np.uint8)
+    t = np.array([x for _, _, x in rows], dtype=np.float64)
+    expected: dict[tuple[int, int], int] = {}
+    for i, (d, c, x) in enumerate(rows):
+        if (d, c) not in expected or x >= rows[expected[(d, c)]][2]:
+            expected[(d, c)] = i
+    assert _latest_per_pair(dev, cat, t).tolist() == list(expected.values())
+
+
+def test_a_batch_writes_one_record_per_device_and_category(bundled: ZoneSet) -> None:
+    """Repeated visits in one batch reach the store as one record each, the latest."""
+    written: list[tuple[bytes, int, float, float]] = []
+
+    class Spying(MemoryStore):
+        def record_many(self, keys: Any, cats: Any, times: Any, expires: Any) -> None:
+            written.extend(zip(keys, cats.tolist(), times.tolist(), expires.tolist(), strict=True))
+            super().record_many(keys, cats, times, expires)
+
+    e = Engine(bundled, presence=Spying(), presence_secret=SECRET)
+    r = requests(bundled, 600, 20, 5)
+    e.check_many(r["lat"], r["lon"], r["acc"], r["ids"], r["at"])
+    pairs = {(k, c) for k, c, _, _ in written}
+    assert len(pairs) == len(written) > 10  # and 20 devices made many more presences
+    store = e._store
+    assert isinstance(store, Spying)
+    for key, cat, t, _ in written:
+        assert store.dump()[key][cat][0] == t  # the latest time of the pair

@@ -329,20 +329,34 @@ class GridIndex:
         lon = np.ascontiguousarray(lon, dtype=np.float64)
         lat = np.ascontiguousarray(lat, dtype=np.float64)
         acc = np.ascontiguousarray(accuracy_m, dtype=np.float64)
-        kernel = grid_kernel if n >= NOGIL_MIN_POINTS else grid_kernel_gil
-        kernel(lon, lat, acc, *self._packed, kind, zone, todo)
         ex = self.exact
         grid_point = grid_zone = np.empty(0, dtype=np.int64)
-        if need_presence is not None:
+        if need_presence is None:
+            kernel = grid_kernel if n >= NOGIL_MIN_POINTS else grid_kernel_gil
+            kernel(lon, lat, acc, *self._packed, kind, zone, todo)
+        else:
             # Presence: every zone the circle reaches, from the cells' lists where they can
             # tell, else from the exact index. A point the grid clears has none (its circle
-            # misses every zone by its buffer).
-            ask = np.flatnonzero(need_presence & (kind != KIND_CLEAR) & ~todo)
-            if ask.size:
-                grid_point, grid_zone, unsure = grid_presence(
-                    lon, lat, acc, ask.astype(np.int64), presence_center_only, *self._packed
-                )
-                todo[ask[unsure]] = True
+            # misses every zone by its buffer). A block at a time: presence reads the rows the
+            # kernel just read for the same points, still in the CPU's caches.
+            points: list[I64] = []
+            zones: list[I64] = []
+            for a in range(0, n, PRESENCE_BLOCK):
+                b = min(a + PRESENCE_BLOCK, n)
+                kernel = grid_kernel if b - a >= NOGIL_MIN_POINTS else grid_kernel_gil
+                kernel(lon[a:b], lat[a:b], acc[a:b], *self._packed, kind[a:b], zone[a:b],
+                       todo[a:b])  # fmt: skip
+                ask = np.flatnonzero(need_presence[a:b] & (kind[a:b] != KIND_CLEAR) & ~todo[a:b])
+                if ask.size:
+                    ask = ask.astype(np.int64, copy=False) + a
+                    block_point, block_zone, unsure = grid_presence(
+                        lon, lat, acc, ask, presence_center_only, *self._packed
+                    )
+                    todo[ask[unsure]] = True
+                    points.append(block_point)
+                    zones.append(block_zone)
+            if points:
+                grid_point, grid_zone = np.concatenate(points), np.concatenate(zones)
                 keep = ~todo[grid_point]
                 grid_point, grid_zone = grid_point[keep], grid_zone[keep]
         rest = np.flatnonzero(todo)
@@ -712,6 +726,7 @@ def _grid_kernel(
 grid_kernel = numba.njit(cache=True, nogil=True)(_grid_kernel)
 grid_kernel_gil = numba.njit(cache=True)(_grid_kernel)
 NOGIL_MIN_POINTS = 2048
+PRESENCE_BLOCK = 4096  # points a block when presence is asked for (see GridIndex.locate)
 
 
 # --- the single-point path ---------------------------------------------------------------------

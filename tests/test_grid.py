@@ -613,6 +613,32 @@ def test_projecting_distinct_corners_once_changes_no_bit() -> None:
     assert len(np.unique(lons + 1j * lats)) < len(lons) / 2  # corners were shared
 
 
+def test_presence_in_blocks_equals_one_pass(
+    bundled: ZoneSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """locate with presence runs kernel and presence a block at a time: the same answers as
+    one pass over the batch, whatever the block (one that splits every list, a partial last)."""
+    rng = np.random.default_rng(9)
+    n = 20_000
+    centre = np.array([z.geometry.centroid.coords[0] for z in bundled.zones])
+    pick = rng.integers(0, len(centre), n)
+    lat = centre[pick, 1] + rng.uniform(-300, 300, n) / M_PER_DEG_LAT_MIN
+    m_per_deg_lon = M_PER_DEG_LAT_MIN * np.cos(np.radians(lat))
+    lon = centre[pick, 0] + rng.uniform(-300, 300, n) / m_per_deg_lon
+    acc = rng.choice([0.0, 5.0, 20.0, 150.0], n)
+    need = rng.random(n) < 0.8
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+    monkeypatch.setattr(grid_module, "PRESENCE_BLOCK", 10**9)
+    whole = grid.locate(lon, lat, acc, np.zeros(n), False, need_presence=need)
+    assert len(whole.present_point) > 1000
+    for block in (7, 1500):
+        monkeypatch.setattr(grid_module, "PRESENCE_BLOCK", block)
+        got = grid.locate(lon, lat, acc, np.zeros(n), False, need_presence=need)
+        for field in ("kind", "zone", "present_point", "present_zone"):
+            assert np.array_equal(getattr(got, field), getattr(whole, field)), (block, field)
+
+
 def test_frames_in_batches_change_no_bit(
     bundled: ZoneSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1251,8 +1251,9 @@ def _fine_level(
     """The fine level of the pieces' boxes (fine rows r0..r1, columns c0..c1), and the cells
     to split.
 
-    Why in chunks: every (cell, piece) pair costs ~400 bytes of work arrays while it is
-    classified, ~12 GB at 1M zones, where the level itself keeps ~100 bytes a cell. Chunks are
+    Why in chunks: every (cell, piece) pair needs work arrays while it is classified (its
+    distance and flags, its cell's frames), and 1M zones make 32M pairs, where the level itself
+    keeps ~100 bytes a cell. Chunks are
     runs of whole fine rows (contiguous key ranges, so the keys stay sorted), of about
     CHUNK_PAIRS pairs; each one's pairs, frames and distances are freed before the next.
     Every cell sees its pairs in the same order as when all are classified at once (by piece),

@@ -929,7 +929,8 @@ def _latest_per_pair(
         return np.arange(len(dev), dtype=np.intp)
     pair = dev.astype(np.int64) * 256 + cat.astype(np.int64)  # category codes are uint8
     order = np.lexsort((t, pair))  # stable: by pair, then time, then position
-    ends = np.flatnonzero(np.append(pair[order][1:] != pair[order][:-1], True))
+    ordered = pair[order]
+    ends = np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))
     starts = np.concatenate([[0], ends[:-1] + 1])
     # Written in the order the pairs first appear, as the unaggregated records were.
     firsts = np.minimum.reduceat(order, starts)

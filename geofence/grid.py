@@ -330,35 +330,34 @@ class GridIndex:
         lat = np.ascontiguousarray(lat, dtype=np.float64)
         acc = np.ascontiguousarray(accuracy_m, dtype=np.float64)
         ex = self.exact
+        # Presence: every zone the circle reaches, from the cells' lists where they can tell,
+        # else from the exact index. A point the grid clears has none (its circle misses every
+        # zone by its buffer). With presence, a block at a time: presence reads the rows the
+        # kernel just read for the same points, still in the CPU's caches.
+        block = max(n, 1) if need_presence is None else PRESENCE_BLOCK
+        points: list[I64] = []
+        zones: list[I64] = []
+        for a in range(0, n, block):
+            b = min(a + block, n)
+            kernel = grid_kernel if b - a >= NOGIL_MIN_POINTS else grid_kernel_gil
+            kernel(lon[a:b], lat[a:b], acc[a:b], *self._packed, kind[a:b], zone[a:b],
+                   todo[a:b])  # fmt: skip
+            if need_presence is None:
+                continue
+            ask = np.flatnonzero(need_presence[a:b] & (kind[a:b] != KIND_CLEAR) & ~todo[a:b])
+            if ask.size:
+                ask = ask.astype(np.int64, copy=False) + a
+                block_point, block_zone, unsure = grid_presence(
+                    lon, lat, acc, ask, presence_center_only, *self._packed
+                )
+                todo[ask[unsure]] = True
+                points.append(block_point)
+                zones.append(block_zone)
         grid_point = grid_zone = np.empty(0, dtype=np.int64)
-        if need_presence is None:
-            kernel = grid_kernel if n >= NOGIL_MIN_POINTS else grid_kernel_gil
-            kernel(lon, lat, acc, *self._packed, kind, zone, todo)
-        else:
-            # Presence: every zone the circle reaches, from the cells' lists where they can
-            # tell, else from the exact index. A point the grid clears has none (its circle
-            # misses every zone by its buffer). A block at a time: presence reads the rows the
-            # kernel just read for the same points, still in the CPU's caches.
-            points: list[I64] = []
-            zones: list[I64] = []
-            for a in range(0, n, PRESENCE_BLOCK):
-                b = min(a + PRESENCE_BLOCK, n)
-                kernel = grid_kernel if b - a >= NOGIL_MIN_POINTS else grid_kernel_gil
-                kernel(lon[a:b], lat[a:b], acc[a:b], *self._packed, kind[a:b], zone[a:b],
-                       todo[a:b])  # fmt: skip
-                ask = np.flatnonzero(need_presence[a:b] & (kind[a:b] != KIND_CLEAR) & ~todo[a:b])
-                if ask.size:
-                    ask = ask.astype(np.int64, copy=False) + a
-                    block_point, block_zone, unsure = grid_presence(
-                        lon, lat, acc, ask, presence_center_only, *self._packed
-                    )
-                    todo[ask[unsure]] = True
-                    points.append(block_point)
-                    zones.append(block_zone)
-            if points:
-                grid_point, grid_zone = np.concatenate(points), np.concatenate(zones)
-                keep = ~todo[grid_point]
-                grid_point, grid_zone = grid_point[keep], grid_zone[keep]
+        if points:
+            grid_point, grid_zone = np.concatenate(points), np.concatenate(zones)
+            keep = ~todo[grid_point]
+            grid_point, grid_zone = grid_point[keep], grid_zone[keep]
         rest = np.flatnonzero(todo)
         if rest.size:
             sub = ex.locate(lon[rest], lat[rest], acc[rest], at[rest], presence_center_only)
@@ -1314,15 +1313,15 @@ def _fine_level(
         del level, keys, cell_of_pair, pair_part, pair_combo, clear_pair, timed_pair
         if len(keys_out) % TRIM_CHUNKS == 0:
             # Freed work arrays sit in the C heap between the chunks' kept arrays; handed back
-            # now and then, they stop piling up (1M zones: peak 4.14 -> 4.00 GB with the dels
-            # in _classify). Every chunk was 3.88 GB but ~8 s slower (pages faulted again).
+            # now and then, they stop piling up (1M zones, when it came in: peak 4.14 -> 4.00
+            # GB). Every chunk was 3.88 GB but ~8 s slower (pages faulted again).
             release_freed_memory()
         report("fine cells", int(up_to_row[stop - 1]), int(up_to_row[-1]))
         row = stop
         if row >= bounds[1]:
             break
     # The last chunk's work arrays were freed into the C heap: hand them back before the hash
-    # table and the joined level are made (1M zones: the compile's peak).
+    # table and the joined level are made on top of them.
     release_freed_memory()
     return out.level(HashTable(_drain(keys_out))), kept[0]
 

@@ -300,8 +300,8 @@ def test_stored_records_leave_the_garbage_collector_alone() -> None:
     # Generations 0 and 1, not a full collection: that would untrack dicts too, but it is the
     # full collections, and the time until one comes, that this is about.
     gc.collect(1)
-    tracked = [v for v in store._data.values() if gc.is_tracked(v)]
-    assert tracked == []
+    stored = [*store._row, *store._row.values(), *store._key_of]
+    assert [v for v in stored if gc.is_tracked(v)] == []
     assert not any(gc.is_tracked(entry) for entry in store._heap)
     assert store.latest(keys[0]) == {3: now, 7: now} and store.latest(keys[-1]) == {3: now}
 
@@ -339,16 +339,80 @@ def test_record_many_keeps_what_one_record_at_a_time_keeps(
 ) -> None:
     """A batch leaves the store as a `record` call per record would, through ties, several
     categories and a full store's evictions."""
-    now = time.time()
     keys = [bytes([k]) * 32 for k in range(6)]
-
-    def rows(spec: list[tuple[int, int, int, int]]) -> list[tuple[bytes, int, float, float]]:
-        return [(keys[k], c, now - 10 + t, now + 100 + e) for k, c, t, e in spec]
-
-    batched, single = MemoryStore(max_devices), MemoryStore(max_devices)
-    for spec in (first, second):
-        batched.record_many(*record_batch(rows(spec)))
-        for r in rows(spec):
-            single.record(*r)
+    batched, single = _batched_and_one_at_a_time(keys, [first, second], max_devices)
     assert batched.dump() == single.dump()
     assert batched.evicted == single.evicted
+
+
+def _batched_and_one_at_a_time(
+    keys: list[bytes], batches: list[list[tuple[int, int, int, int]]], max_devices: int
+) -> tuple[MemoryStore, MemoryStore]:
+    """Two stores given the same batches of (device, category, time, expiry) numbers: one by
+    `record_many` per batch, the other by `record` per record."""
+    now = time.time()
+    batched, single = MemoryStore(max_devices), MemoryStore(max_devices)
+    for spec in batches:
+        rows = [(keys[k], c, now - 10.0 + t, now + 100.0 + e) for k, c, t, e in spec]
+        batched.record_many(*record_batch(rows))
+        for r in rows:
+            single.record(*r)
+    return batched, single
+
+
+# Three categories and a few devices more than a store of 90 holds: rows widen, most devices
+# of a second batch are stored already, and new ones evict.
+_RECORD = st.tuples(st.integers(0, 119), st.integers(0, 2), st.integers(0, 7), st.integers(0, 7))
+
+
+@st.composite
+def _large_batch(draw: st.DrawFn) -> list[tuple[int, int, int, int]]:
+    """Distinct devices, then a few of them again in the same category."""
+    batch = draw(st.lists(_RECORD, min_size=64, max_size=100, unique_by=lambda r: r[0]))
+    again = st.tuples(st.integers(0, 63), st.integers(0, 7), st.integers(0, 7))
+    for i, t, e in draw(st.lists(again, max_size=3)):
+        batch.append((batch[i][0], batch[i][1], t, e))
+    return batch
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    first=st.lists(_RECORD, min_size=40, max_size=120),
+    second=_large_batch(),
+    max_devices=st.sampled_from([3, 90, 1000]),
+)
+def test_large_batches_keep_what_one_record_at_a_time_keeps(
+    first: list[tuple[int, int, int, int]],
+    second: list[tuple[int, int, int, int]],
+    max_devices: int,
+) -> None:
+    """Batches of many devices leave the store as `record` calls would: devices stored with
+    one category or several, new ones, repeats, and evictions."""
+    keys = [k.to_bytes(2, "big") * 16 for k in range(120)]
+    batched, single = _batched_and_one_at_a_time(keys, [first, second], max_devices)
+    assert batched.dump() == single.dump()
+    assert batched.evicted == single.evicted
+    assert [a.tolist() for a in batched.latest_records(keys)] == [
+        a.tolist() for a in single.latest_records(keys)
+    ]
+
+
+def test_forgotten_and_swept_rows_are_cleared_and_reused(clock: Clock) -> None:
+    """A freed row keeps nothing of its device, and a new device takes it before the arrays grow."""
+    store = MemoryStore()
+    k = [bytes([i]) * 32 for i in range(4)]
+    store.record_many(
+        k[:3], np.array([1, 2, 3], np.uint8), np.full(3, clock.now), np.full(3, clock.now + 10)
+    )
+    row = store._row[k[1]]
+    store.forget(k[1])
+    assert store._records[row].tolist() == [[-1.0, -1.0, -1.0]]
+    assert store.latest(k[1]) == {} and len(store) == 2
+    size = len(store._expiry)
+    store.record(k[3], 5, clock.now, clock.now + 10)
+    assert store._row[k[3]] == row and len(store._expiry) == size
+    assert store.dump() == {
+        k[0]: {1: (clock.now, clock.now + 10)},
+        k[2]: {3: (clock.now, clock.now + 10)},
+        k[3]: {5: (clock.now, clock.now + 10)},
+    }

@@ -1,4 +1,4 @@
-"""An in-process presence store: a dict of hashed devices, expiring and bounded in size.
+"""An in-process presence store: hashed devices' records in arrays, expiring and bounded in size.
 
 It is the default because it needs nothing set up, and the fastest, but it forgets everything
 when the process ends and is not shared between processes.
@@ -12,13 +12,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
-from geofence.presence.base import PresenceStore, record_lists
+from geofence.presence.base import PresenceStore, record_arrays
 
 logger = logging.getLogger("geofence.presence")
 
@@ -27,41 +28,54 @@ F64 = npt.NDArray[np.float64]
 
 DEFAULT_MAX_DEVICES = 10_000_000
 
-# Per device, a flat tuple (category, latest time, expires_at) * one per category; a device
-# rarely has more than one. Why a tuple of numbers, not a dict: the garbage collector stops
-# tracking such a tuple at its first pass, while it tracks a dict until a full collection. A
-# store of dicts kept adding long-lived objects, and so triggered full collections, each one
-# visiting every stored device: filling a store cost O(n^2) (1M devices: 5.6 us a device, and
-# rising) and a serving process paused ~0.1 s per million devices every few thousand new ones.
-_Records = tuple[Any, ...]
+# A device's records live in a row of parallel arrays (category, time, expiry), one column per
+# category it has been seen in: -1 marks a free column. A dict maps each key to its row. Why
+# arrays, not a tuple per device: a batch reads and writes tens of thousands of devices, and
+# Python objects scattered over the heap cost a cache miss each (a tuple, then each float in
+# it) where a row is three gathers; the batch's reads and writes run in C-level passes and a
+# compiled loop. Nothing per device is an object the garbage collector tracks (a dict per
+# device made filling a store O(n^2) through full collections).
+_NO_CATEGORY = -1
 
 
-def _device_expiry(records: _Records) -> float:
-    """When the last record of a device expires (the device can be dropped then)."""
-    return records[2] if len(records) == 3 else max(records[2::3])
-
-
-def _triples(records: _Records) -> Iterator[tuple[int, float, float]]:
-    """(category, time, expires_at) of each of a device's records."""
-    return zip(records[0::3], records[1::3], records[2::3], strict=True)
-
-
-def _history(records: _Records, now: float) -> dict[int, float]:
-    """{category code: latest time} of a device's records unexpired at `now`."""
-    if len(records) == 3:  # one category: most devices
-        return {records[0]: records[1]} if records[2] > now else {}
-    return {c: t for c, t, e in _triples(records) if e > now}
+@numba.njit(cache=True, nogil=True)
+def _upsert(rows: I64, cats: I64, ts: F64, exps: F64, records: F64, expiry: F64) -> int:
+    """Keep, per (row, category), the latest time and expiry; return the first record whose row
+    has no free column (-1 when all are kept), for the caller to widen the rows and go on."""
+    width = records.shape[1]
+    for i in range(rows.size):
+        r, c = rows[i], cats[i]
+        column = -1
+        for j in range(width):
+            if records[r, j, 0] == c:
+                column = j
+                break
+            if records[r, j, 0] == _NO_CATEGORY and column == -1:
+                column = -2 - j  # the first free column, unless c turns up later
+        if column == -1:
+            return i
+        if column < -1:
+            column = -2 - column
+            records[r, column, 0] = c
+            records[r, column, 1] = ts[i]
+            records[r, column, 2] = exps[i]
+        else:
+            records[r, column, 1] = max(records[r, column, 1], ts[i])
+            records[r, column, 2] = max(records[r, column, 2], exps[i])
+        expiry[r] = max(expiry[r], exps[i])
+    return -1
 
 
 class MemoryStore(PresenceStore):
     """Presence kept in this process: thread-safe, expiring, at most `max_devices` devices.
 
-    Expired records are dropped lazily when read, and whole devices by an amortised sweep that
-    runs on every write: a min-heap of (expiry, key) pops devices as their last record expires.
-    A device's heap entry may be older than its expiry (a write that moves the expiry later
-    pushes nothing); the sweep, popping such an entry, pushes the device's current expiry
-    instead. So a write to a stored device costs a dict update, a new device O(log n), and
-    each device is re-pushed at most once per expiry it outlives.
+    Expired records are hidden at once from reads, and whole devices dropped by an amortised
+    sweep that runs on every write: a min-heap of (expiry, row) pops devices as their last
+    record expires. A device's heap entry may be older than its expiry (a write that moves the
+    expiry later pushes nothing); the sweep, popping such an entry, pushes the device's current
+    expiry instead. So a write to a stored device costs an update of its row, a new device
+    O(log n), and each device is re-pushed at most once per expiry it outlives. A freed row is
+    cleared and reused; an entry left from its former device is stale and handled the same way.
 
     When `max_devices` devices are stored and a new one arrives, the device whose last record
     expires soonest is evicted (a warning is logged once). Eviction therefore only loses the
@@ -77,14 +91,23 @@ class MemoryStore(PresenceStore):
         self.url = f"memory://?max_devices={max_devices}"
         self.max_devices = max_devices
         self._lock = threading.Lock()
-        self._data: dict[bytes, _Records] = {}
-        # Every stored device has an entry no later than its expiry (it goes early when the
-        # expiry moves later; a popped early entry is pushed again at the current expiry). A
-        # forgotten device's entries are stale and skipped when popped; the heap is rebuilt
-        # when entries outnumber live devices twice over.
-        self._heap: list[tuple[float, bytes]] = []
+        self._clear()
         self._warned_full = False
         self.evicted = 0  # devices evicted for room since creation (for metrics and tests)
+
+    def _clear(self) -> None:
+        """An empty store: no rows, one column."""
+        self._row: dict[bytes, int] = {}  # key -> its row
+        self._key_of: list[bytes | None] = []  # row -> its key (None: a free row)
+        self._free: list[int] = []  # rows to reuse
+        # Per row and column: (category, time, expires_at); the category -1 for a free column.
+        self._records = np.full((0, 1, 3), _NO_CATEGORY, dtype=np.float64)
+        self._expiry = np.zeros(0)  # per row: when its last record expires
+        self._resize(0, 1)  # and the views on them
+        # Every stored device has an entry no later than its expiry (it goes early when the
+        # expiry moves later; a popped early entry is pushed again at the current expiry). The
+        # heap is rebuilt when entries outnumber live devices twice over.
+        self._heap: list[tuple[float, int]] = []
 
     def record_many(
         self,
@@ -94,26 +117,35 @@ class MemoryStore(PresenceStore):
         expires_at: npt.NDArray[np.float64],
     ) -> None:
         """Record presence, keeping per (device, category) the latest time and expiry."""
-        cats, ts, exps = record_lists(keys, categories, times, expires_at)
+        cats, ts, exps = record_arrays(keys, categories, times, expires_at)
         now = time.time()
         with self._lock:
             self._sweep(now)
-            data = self._data
-            get = data.get
-            put = self._put
-            # _put inlined for the common record: a device stored with this one category
-            # (about 1 us a record less, a third of a batch's presence cost).
-            for key, cat, t, e in zip(keys, cats, ts, exps, strict=True):
-                records = get(key)
-                if records is not None and len(records) == 3 and records[0] == cat:
-                    if e > now and (t > records[1] or e > records[2]):
-                        data[key] = (
-                            cat,
-                            t if t > records[1] else records[1],
-                            e if e > records[2] else records[2],
-                        )
-                else:
-                    put(key, cat, t, e, now)
+            keep = np.flatnonzero(exps > now)  # an expired record would only be swept away
+            rows = np.fromiter(map(self._row.get, keys, itertools.repeat(-1)), np.int64, len(keys))[
+                keep
+            ]
+            new = np.flatnonzero(rows < 0)
+            if new.size:
+                # Distinct new devices, in order of first appearance.
+                arrivals = list(dict.fromkeys(map(keys.__getitem__, keep[new].tolist())))
+                if len(self._row) + len(arrivals) > self.max_devices:
+                    # Which device an eviction drops depends on the order of the records.
+                    for i in keep.tolist():
+                        self._put(keys[i], int(cats[i]), float(ts[i]), float(exps[i]), now)
+                    self._trim_heap()
+                    return
+                self._add(arrivals)
+                rows[new] = np.fromiter(
+                    map(self._row.__getitem__, map(keys.__getitem__, keep[new].tolist())),
+                    np.int64,
+                    new.size,
+                )
+            self._apply(rows, cats[keep], ts[keep], exps[keep])
+            if new.size:
+                added = np.unique(rows[new])  # heap order: their expiry, then their row
+                for entry in zip(self._expiry[added].tolist(), added.tolist(), strict=True):
+                    heapq.heappush(self._heap, entry)
             self._trim_heap()
 
     def record(self, key: bytes, category: int, time_s: float, expires_at: float) -> None:
@@ -134,136 +166,220 @@ class MemoryStore(PresenceStore):
         now = time.time()
         with self._lock:
             return [
-                {} if records is None else _history(records, now)
-                for records in map(self._data.get, keys)
+                {} if row is None else self._history(row, now) for row in map(self._row.get, keys)
             ]
 
     def latest(self, key: bytes) -> dict[int, float]:
         """{category code: latest time} of one key's unexpired records."""
-        # No lock: one dict lookup is atomic, a device's records are a tuple that writers
-        # replace and never change, and a device recorded or forgotten concurrently may be
-        # seen either way. A miss, the common case, needs no clock either.
-        records = self._data.get(key)
-        return {} if records is None else _history(records, time.time())
+        # No lock: a lock would cost a fifth of a single request's check. A miss, the common
+        # case, is one dict lookup (atomic), and needs no clock. A hit reads the row item by
+        # item (a float's store is atomic, and each time only ever grows), then looks the key
+        # up again: if it still has the same row, the row was its own (for the row to hold
+        # another device meanwhile, this one would have to be dropped and come back to it).
+        row = self._row.get(key)
+        if row is None:
+            return {}
+        history = self._history(row, time.time())
+        return history if self._row.get(key) == row else self.latest_many([key])[0]
 
     def latest_found(self, keys: Sequence[bytes]) -> dict[int, dict[int, float]]:
         """{position: {category code: latest time}} for the keys with unexpired records."""
         now = time.time()
         with self._lock:
-            # C-level passes find the few stored devices; only they cost Python work.
-            data = self._data
-            out = {}
-            for i in itertools.compress(range(len(keys)), map(data.__contains__, keys)):
-                history = _history(data[keys[i]], now)
-                if history:
-                    out[i] = history
-            return out
+            rows = map(self._row.get, keys)
+            return {
+                i: history
+                for i, row in enumerate(rows)
+                if row is not None and (history := self._history(row, now))
+            }
 
     def latest_records(self, keys: Sequence[bytes]) -> tuple[I64, I64, F64]:
         """`latest_found` as arrays (position, category, time), one row per unexpired record."""
         now = time.time()
-        data = self._data
-        # C-level passes only: which keys are stored, their records (most keys are not), and
-        # those flattened, a row each.
         with self._lock:
-            hit = np.fromiter(map(data.__contains__, keys), bool, len(keys))
-            records = list(map(data.__getitem__, itertools.compress(keys, hit)))
-        # Outside the lock: a device's records are a tuple writers replace, never change.
-        position = np.flatnonzero(hit)
-        sizes = np.fromiter(map(len, records), np.int64, len(records)) // 3
-        rows = np.fromiter(
-            itertools.chain.from_iterable(records), np.float64, 3 * int(sizes.sum())
-        ).reshape(-1, 3)
-        live = rows[:, 2] > now
-        return (
-            np.repeat(position, sizes)[live],
-            rows[live, 0].astype(np.int64),
-            rows[live, 1],
-        )
+            rows = np.fromiter(map(self._row.get, keys, itertools.repeat(-1)), np.int64, len(keys))
+            position = np.flatnonzero(rows >= 0)
+            found = rows[position]
+            # Gathers copy: what is read stays as it was under the lock.
+            records = self._records[found]
+        cat = records[:, :, 0]
+        i, j = np.nonzero((cat != _NO_CATEGORY) & (records[:, :, 2] > now))  # a key's adjacent
+        return position[i], cat[i, j].astype(np.int64), records[i, j, 1]
 
     def forget(self, key: bytes) -> None:
-        """Erase one device; its heap entries become stale and are skipped when popped."""
+        """Erase one device: its row is cleared; its heap entries become stale."""
         with self._lock:
-            self._data.pop(key, None)
+            row = self._row.get(key)
+            if row is not None:
+                self._drop(row)
 
     def close(self) -> None:
         """Drop everything: a memory store has nothing else to release."""
         with self._lock:
-            self._data.clear()
-            self._heap.clear()
+            self._clear()
 
     def dump(self) -> dict[bytes, dict[int, tuple[float, float]]]:
         """A copy of everything stored, {key: {category: (time, expires_at)}} (for audits)."""
         with self._lock:
-            return {
-                k: {c: (t, e) for c, t, e in _triples(v)}
-                for k, v in self._data.items()
-            }
+            return {key: self._stored(row) for key, row in self._row.items()}
 
     def __len__(self) -> int:
         """The number of devices stored (some may have expired and await the sweep)."""
-        return len(self._data)
+        return len(self._row)
 
     # -- internals; the caller holds the lock -------------------------------------------------
 
+    def _stored(self, row: int) -> dict[int, tuple[float, float]]:
+        """{category: (time, expires_at)} of a row's records, expired or not."""
+        flat, width = self._view
+        out = {}
+        for i in range(3 * width * row, 3 * width * (row + 1), 3):
+            if flat[i] != _NO_CATEGORY:
+                out[int(flat[i])] = (flat[i + 1], flat[i + 2])
+        return out
+
+    def _history(self, row: int, now: float) -> dict[int, float]:
+        """{category code: latest time} of a row's records unexpired at `now`.
+
+        Item by item through the flat memoryview (a Python float in ~20 ns): a row's NumPy view
+        and its `tolist` would cost ~250 ns, a comprehension ~200, a good part of a single
+        request's check.
+        """
+        flat, width = self._view
+        out = {}
+        for i in range(3 * width * row, 3 * width * (row + 1), 3):
+            if flat[i] != _NO_CATEGORY and flat[i + 2] > now:
+                out[int(flat[i])] = flat[i + 1]
+        return out
+
+    def _add(self, keys: list[bytes]) -> None:
+        """Rows for new devices: freed rows first, then new ones (the arrays grow by half)."""
+        reused = [self._free.pop() for _ in range(min(len(keys), len(self._free)))]
+        end = len(self._key_of)
+        fresh = list(range(end, end + len(keys) - len(reused)))
+        if fresh and fresh[-1] >= len(self._expiry):
+            self._resize(
+                max(fresh[-1] + 1, len(self._expiry) * 3 // 2, 1024), self._records.shape[1]
+            )
+        self._key_of.extend(keys[len(reused) :])
+        for row, key in zip(reused, keys, strict=False):
+            self._key_of[row] = key
+        self._row.update(zip(keys, reused + fresh, strict=True))
+
+    def _resize(self, rows: int, width: int) -> None:
+        """Arrays of `rows` rows and `width` columns, holding what the current ones hold."""
+        n, w = self._records.shape[:2]
+        records = np.full((rows, width, 3), _NO_CATEGORY, dtype=np.float64)
+        expiry = np.full(rows, -np.inf)
+        records[:n, :w] = self._records
+        expiry[:n] = self._expiry
+        self._records, self._expiry = records, expiry
+        # Python floats by index (see _history), and the width they go with: one tuple, so a
+        # reader without the lock never pairs one array's view with another's width.
+        self._view: tuple[Any, int] = (memoryview(records.reshape(-1)), width)  # type: ignore[arg-type]
+        self._expiry_of: Any = memoryview(expiry)  # type: ignore[arg-type]
+
+    def _apply(self, rows: I64, cats: I64, ts: F64, exps: F64) -> None:
+        """Records into stored rows, widening the rows when a device has a category too many."""
+        done = 0
+        while done < rows.size:
+            stop = _upsert(
+                rows[done:], cats[done:], ts[done:], exps[done:],
+                self._records, self._expiry,
+            )  # fmt: skip
+            if stop < 0:
+                return
+            done += stop
+            self._resize(len(self._expiry), self._records.shape[1] + 1)
+
     def _put(self, key: bytes, cat: int, t: float, e: float, now: float) -> None:
-        """Keep the latest time and expiry of (key, category); a new device gets a heap entry."""
+        """One record: keep the latest time and expiry of (key, category); a new device gets a
+        row and a heap entry."""
         if e <= now:
             return  # already expired: storing it would only be swept away
-        data = self._data
-        records = data.get(key)
-        if records is None:
-            if len(data) >= self.max_devices:
+        row = self._row.get(key)
+        if row is None:
+            if len(self._row) >= self.max_devices:
                 self._evict_one()
-            data[key] = (cat, t, e)
-            heapq.heappush(self._heap, (e, key))
+            if self._free:
+                row = self._free.pop()
+                self._key_of[row] = key
+            else:
+                row = len(self._key_of)
+                if row == len(self._expiry):
+                    self._resize(max(row * 3 // 2, 1024), self._records.shape[1])
+                self._key_of.append(key)
+            self._row[key] = row
+            flat, width = self._view
+            base = 3 * width * row
+            flat[base], flat[base + 1], flat[base + 2] = cat, t, e
+            self._expiry_of[row] = e
+            heapq.heappush(self._heap, (e, row))
             return
-        cats = records[0::3]
-        if cat not in cats:
-            data[key] = (*records, cat, t, e)
+        # Python on the row's items, not _apply: for a single request's write, the compiled
+        # loop's call and its four arrays would cost more than the work.
+        flat, width = self._view
+        free = -1
+        for i in range(3 * width * row, 3 * width * (row + 1), 3):
+            c = flat[i]
+            if c == cat:  # comparisons, not max(): a call costs more than the rest of the line
+                if t > flat[i + 1]:  # noqa: PLR1730
+                    flat[i + 1] = t
+                if e > flat[i + 2]:  # noqa: PLR1730
+                    flat[i + 2] = e
+                break
+            if c == _NO_CATEGORY and free < 0:
+                free = i
         else:
-            i = 3 * cats.index(cat)
-            old_t, old_e = records[i + 1], records[i + 2]
-            if not (t > old_t or e > old_e):
-                return
-            data[key] = (*records[:i], cat, max(t, old_t), max(e, old_e), *records[i + 3 :])
-        # A later expiry pushes nothing: the device's entry is now early, and the sweep
-        # re-pushes it when it pops.
+            if free < 0:  # a category too many: one more column for every row
+                self._resize(len(self._expiry), width + 1)
+                flat, width = self._view
+                free = 3 * width * (row + 1) - 3
+            flat[free], flat[free + 1], flat[free + 2] = cat, t, e
+        expiry = self._expiry_of
+        if e > expiry[row]:  # noqa: PLR1730
+            expiry[row] = e
+
+    def _drop(self, row: int) -> None:
+        """Free a device's row, cleared: nothing of it stays in memory."""
+        key = self._key_of[row]
+        assert key is not None
+        del self._row[key]
+        self._key_of[row] = None
+        self._records[row] = _NO_CATEGORY  # times too: nothing of the device is left
+        self._expiry[row] = -np.inf
+        self._free.append(row)
 
     def _trim_heap(self) -> None:
         """Rebuild the heap once stale entries outnumber live devices."""
-        if len(self._heap) > 2 * len(self._data) + 1024:
+        if len(self._heap) > 2 * len(self._row) + 1024:
             self._rebuild_heap()
 
     def _sweep(self, now: float) -> None:
         """Drop every device whose last record has expired."""
         heap = self._heap
-        data = self._data
         while heap and heap[0][0] <= now:
-            _, key = heapq.heappop(heap)
-            records = data.get(key)
-            if records is None:
+            _, row = heapq.heappop(heap)
+            if self._key_of[row] is None:
                 continue  # forgotten, swept or evicted already: a stale entry
-            expiry = _device_expiry(records)
+            expiry = float(self._expiry[row])
             if expiry <= now:
-                del data[key]
+                self._drop(row)
             else:  # written to since the entry was pushed: it lives on, until `expiry`
-                heapq.heappush(heap, (expiry, key))
+                heapq.heappush(heap, (expiry, row))
 
     def _evict_one(self) -> None:
         """Drop the device whose last record expires soonest, to make room for a new one."""
         heap = self._heap
-        data = self._data
         while heap:
-            e, key = heapq.heappop(heap)
-            records = data.get(key)
-            if records is None:
+            e, row = heapq.heappop(heap)
+            if self._key_of[row] is None:
                 continue
-            expiry = _device_expiry(records)
+            expiry = float(self._expiry[row])
             if expiry > e:  # an early entry: every entry is at most its device's expiry, so
-                heapq.heappush(heap, (expiry, key))  # the soonest device still surfaces first
+                heapq.heappush(heap, (expiry, row))  # the soonest device still surfaces first
                 continue
-            del data[key]
+            self._drop(row)
             self.evicted += 1
             if not self._warned_full:
                 self._warned_full = True
@@ -280,5 +396,6 @@ class MemoryStore(PresenceStore):
 
     def _rebuild_heap(self) -> None:
         """One live entry per device, dropping every stale one."""
-        self._heap = [(_device_expiry(r), k) for k, r in self._data.items()]
+        rows = list(self._row.values())
+        self._heap = list(zip(self._expiry[rows].tolist(), rows, strict=True))
         heapq.heapify(self._heap)

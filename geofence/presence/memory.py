@@ -82,7 +82,7 @@ class MemoryStore(PresenceStore):
     oldest presence: every evicted record expires no later than the newest record of any device
     kept. It is still a loss (that device may be targeted before its lookback ends, by at most the
     time its records had left), so size the store for the devices seen within the longest
-    lookback: a device costs about 250 bytes (10 million, the default bound, about 2.5 GB).
+    lookback: a device costs about 300 bytes (10 million, the default bound, about 3 GB).
     """
 
     def __init__(self, max_devices: int = DEFAULT_MAX_DEVICES) -> None:
@@ -135,17 +135,24 @@ class MemoryStore(PresenceStore):
                         self._put(keys[i], int(cats[i]), float(ts[i]), float(exps[i]), now)
                     self._trim_heap()
                     return
-                self._add(arrivals)
-                rows[new] = np.fromiter(
-                    map(self._row.__getitem__, map(keys.__getitem__, keep[new].tolist())),
-                    np.int64,
-                    new.size,
-                )
+                added = self._add(arrivals)
+                if len(added) == new.size:  # no device twice: the rows go in order
+                    rows[new] = added
+                else:
+                    rows[new] = np.fromiter(
+                        map(self._row.__getitem__, map(keys.__getitem__, keep[new].tolist())),
+                        np.int64,
+                        new.size,
+                    )
             self._apply(rows, cats[keep], ts[keep], exps[keep])
             if new.size:
-                added = np.unique(rows[new])  # heap order: their expiry, then their row
-                for entry in zip(self._expiry[added].tolist(), added.tolist(), strict=True):
-                    heapq.heappush(self._heap, entry)
+                entries = zip(self._expiry[added].tolist(), added, strict=True)
+                if len(added) > len(self._heap) // 8:  # many: one heapify beats a push each
+                    self._heap.extend(entries)
+                    heapq.heapify(self._heap)
+                else:
+                    for entry in entries:
+                        heapq.heappush(self._heap, entry)
             self._trim_heap()
 
     def record(self, key: bytes, category: int, time_s: float, expires_at: float) -> None:
@@ -252,8 +259,9 @@ class MemoryStore(PresenceStore):
                 out[int(flat[i])] = flat[i + 1]
         return out
 
-    def _add(self, keys: list[bytes]) -> None:
-        """Rows for new devices: freed rows first, then new ones (the arrays grow by half)."""
+    def _add(self, keys: list[bytes]) -> list[int]:
+        """Rows for new devices, in order: freed rows first, then new ones (the arrays grow by
+        half)."""
         reused = [self._free.pop() for _ in range(min(len(keys), len(self._free)))]
         end = len(self._key_of)
         fresh = list(range(end, end + len(keys) - len(reused)))
@@ -264,7 +272,9 @@ class MemoryStore(PresenceStore):
         self._key_of.extend(keys[len(reused) :])
         for row, key in zip(reused, keys, strict=False):
             self._key_of[row] = key
-        self._row.update(zip(keys, reused + fresh, strict=True))
+        rows = reused + fresh
+        self._row.update(zip(keys, rows, strict=True))
+        return rows
 
     def _resize(self, rows: int, width: int) -> None:
         """Arrays of `rows` rows and `width` columns, holding what the current ones hold."""

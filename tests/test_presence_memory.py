@@ -416,3 +416,11 @@ def test_forgotten_and_swept_rows_are_cleared_and_reused(clock: Clock) -> None:
         k[2]: {3: (clock.now, clock.now + 10)},
         k[3]: {5: (clock.now, clock.now + 10)},
     }
+    # Past every expiry, the next write sweeps all three; each freed row is cleared.
+    rows = [store._row[key] for key in (k[0], k[2], k[3])]
+    clock.now += 20
+    store.record(k[1], 2, clock.now, clock.now + 10)
+    assert store.dump() == {k[1]: {2: (clock.now, clock.now + 10)}}
+    kept = store._row[k[1]]
+    cleared = [store._records[r].tolist() for r in rows if r != kept]
+    assert len(cleared) == 2 and all(c == [[-1.0, -1.0, -1.0]] for c in cleared)

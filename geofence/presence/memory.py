@@ -28,11 +28,11 @@ F64 = npt.NDArray[np.float64]
 
 DEFAULT_MAX_DEVICES = 10_000_000
 
-# A device's records live in a row of parallel arrays (category, time, expiry), one column per
-# category it has been seen in: -1 marks a free column. A dict maps each key to its row. Why
-# arrays, not a tuple per device: a batch reads and writes tens of thousands of devices, and
+# A device's records live in a row of one float64 array: (category, time, expiry) in a column
+# per category it has been seen in, -1 in a free column. A dict maps each key to its row. Why
+# an array, not a tuple per device: a batch reads and writes tens of thousands of devices, and
 # Python objects scattered over the heap cost a cache miss each (a tuple, then each float in
-# it) where a row is three gathers; the batch's reads and writes run in C-level passes and a
+# it) where a row is one gather; the batch's reads and writes run in C-level passes and a
 # compiled loop. Nothing per device is an object the garbage collector tracks (a dict per
 # device made filling a store O(n^2) through full collections).
 _NO_CATEGORY = -1
@@ -122,9 +122,8 @@ class MemoryStore(PresenceStore):
         with self._lock:
             self._sweep(now)
             keep = np.flatnonzero(exps > now)  # an expired record would only be swept away
-            rows = np.fromiter(map(self._row.get, keys, itertools.repeat(-1)), np.int64, len(keys))[
-                keep
-            ]
+            stored = map(self._row.get, keys, itertools.repeat(-1))
+            rows = np.fromiter(stored, np.int64, len(keys))[keep]
             new = np.flatnonzero(rows < 0)
             if new.size:
                 # Distinct new devices, in order of first appearance.

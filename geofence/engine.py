@@ -31,7 +31,7 @@ from geofence.decision import NO_CATEGORY, BatchDecision, Decision
 from geofence.errors import PresenceUnavailable
 from geofence.index import KIND_CLEAR, KIND_INSIDE
 from geofence.openrtb import InvalidBidRequest, parse_bid_request
-from geofence.presence.base import PresenceStore
+from geofence.presence.base import Digests, PresenceStore, as_digests, as_keys
 from geofence.presence.blocks import block_ends, fold_events
 from geofence.presence.distinct import PackedIds, distinct_ids, pack_ids
 from geofence.presence.keyhash import DeviceHasher
@@ -592,7 +592,7 @@ class Engine:
 
     def _write_presence(
         self,
-        keys: list[bytes],
+        digests: Digests,
         cats: npt.NDArray[np.uint8],
         times: F64,
         expires: F64,
@@ -603,10 +603,12 @@ class Engine:
         allowed again, before its lookback ends, as soon as the store recovers.
         """
         self._write_through(
-            self._store.record_many,
-            (keys, cats, times, expires),
-            lambda: zip(keys, cats.tolist(), times.tolist(), expires.tolist(), strict=True),
-            len(keys),
+            self._store.record_many_of,
+            (digests, cats, times, expires),
+            lambda: zip(
+                as_keys(digests), cats.tolist(), times.tolist(), expires.tolist(), strict=True
+            ),
+            len(digests),
         )
 
     def _write_one(self, key: bytes, cat: int, t: float, expires: float) -> None:
@@ -820,8 +822,9 @@ class Engine:
 
     def _distinct_keys(
         self, ids: list[str | None], packed: PackedIds | None, has_id: npt.NDArray[np.intp]
-    ) -> tuple[npt.NDArray[np.intp], list[bytes]]:
-        """(dev, keys): dev[j] is the distinct device of request has_id[j], keys[d] its key.
+    ) -> tuple[npt.NDArray[np.intp], Digests]:
+        """(dev, digests): dev[j] is the distinct device of request has_id[j], digests[d] its
+        key (a row of 32 bytes: the store reads a batch's keys as one array).
 
         Each distinct device is hashed and read once (a batch often holds a device many times).
         Packed ids go through the compiled table and are hashed from their packed bytes;
@@ -831,11 +834,11 @@ class Engine:
         found = None if packed is None else distinct_ids(packed, has_id)
         if found is not None:
             dev, blob, offsets = found
-            return dev, self._hasher.keys_packed(blob, offsets)
+            return dev, self._hasher.digests_packed(blob, offsets)
         id_arr = np.array(ids, dtype=object)
         codes, uniques = pd.factorize(id_arr if len(has_id) == len(ids) else id_arr[has_id])
         distinct: list[str] = uniques.tolist()  # has_id holds only requests with a str id
-        return codes.astype(np.intp, copy=False), self._hasher.keys(distinct)
+        return codes.astype(np.intp, copy=False), as_digests(self._hasher.keys(distinct))
 
     def _history(
         self,
@@ -860,8 +863,8 @@ class Engine:
         the request's time. No Python runs per request or per device: the store's records come
         back as arrays, and compiled passes settle them (block_ends, fold_events).
         """
-        dev, keys = self._distinct_keys(ids, packed, has_id)
-        n_dev = len(keys)
+        dev, digests = self._distinct_keys(ids, packed, has_id)
+        n_dev = len(digests)
         # Presence seen in this batch: (request, category, time, end of its lookback).
         pres_req = ok[present_point]
         with_id = ~no_id[pres_req]
@@ -879,7 +882,7 @@ class Engine:
             pres_dev = dev_of_request[pres_req]
         try:
             self._flush_pending()
-            found = self._store.latest_records(keys)
+            found = self._store.latest_records_of(digests)
         except PresenceUnavailable:
             self._warn(f"presence store unavailable: failing closed for {len(has_id)} requests")
             undecided = has_id[reason[has_id] == _R[Reason.ALLOWED]]
@@ -911,7 +914,7 @@ class Engine:
             last = _latest_per_pair(pres_dev, pres_cat, pres_t)
             pres_dev, pres_cat, pres_t = pres_dev[last], pres_cat[last], pres_t[last]
             self._write_presence(
-                [keys[d] for d in pres_dev.tolist()],
+                digests[pres_dev],
                 pres_cat.astype(np.uint8),
                 pres_t.astype(np.float64),
                 # Kept until the longest lookback of any category ends, so a policy that

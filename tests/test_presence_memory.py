@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import record_batch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from geofence.presence import DeviceHasher, MemoryStore
 from geofence.presence import memory as memory_module
+from geofence.presence.base import as_digests
 
 SECRET = b"0123456789abcdef-test-secret"
 DEVICE_IDS = [f"ifa-SECRET-{i}" for i in range(50)]
@@ -223,6 +224,10 @@ def test_a_subclass_that_wraps_latest_found_sees_the_engine_s_reads() -> None:
     assert [a.tolist() for a in store.latest_records([b"x" * 32, k])] == [[1], [2], [now]]
     assert seen == [2]
     assert MemoryStore.latest_records is not Wrapped.latest_records
+    # The digest form the engine calls for a batch goes through it too.
+    digests = as_digests([k, b"x" * 32, k])
+    assert [a.tolist() for a in store.latest_records_of(digests)] == [[0, 2], [2, 2], [now, now]]
+    assert seen == [2, 3]
 
 
 def test_a_subclass_that_wraps_record_many_sees_every_write() -> None:
@@ -239,6 +244,12 @@ def test_a_subclass_that_wraps_record_many_sees_every_write() -> None:
     store.record(DeviceHasher(SECRET).key("ifa-1"), 2, now, now + 60)
     assert seen == [1] and len(store) == 1
     assert MemoryStore.record is not Wrapped.record
+    # The digest form the engine calls for a batch goes through it too.
+    store.record_many_of(
+        as_digests(DeviceHasher(SECRET).keys(["ifa-2", "ifa-3"])),
+        np.array([1, 1], np.uint8), np.full(2, now), np.full(2, now + 60),
+    )  # fmt: skip
+    assert seen == [1, 2] and len(store) == 3
 
 
 @settings(max_examples=150, deadline=None)
@@ -424,3 +435,48 @@ def test_forgotten_and_swept_rows_are_cleared_and_reused(clock: Clock) -> None:
     kept = store._row[k[1]]
     cleared = [store._records[r].tolist() for r in rows if r != kept]
     assert len(cleared) == 2 and all(c == [[-1.0, -1.0, -1.0]] for c in cleared)
+
+
+@example(batches=[[(0, 0, 0, 0), (1, 1, 0, 0)], [(0, 2, 1, 1)]], reads=[0, 1], max_devices=1000)
+@settings(max_examples=100, deadline=None)
+@given(
+    batches=st.lists(st.lists(_RECORD, max_size=60), min_size=1, max_size=3),
+    reads=st.lists(st.integers(0, 119), max_size=40),
+    max_devices=st.sampled_from([5, 1000]),
+)
+def test_digest_rows_read_and_write_as_bytes_keys_do(
+    batches: list[list[tuple[int, int, int, int]]], reads: list[int], max_devices: int
+) -> None:
+    """`record_many_of` and `latest_records_of` (keys as digest rows, found by fingerprint)
+    keep and read what `record_many` and `latest_records` do with the same keys as bytes;
+    the first 60 keys come in pairs alike in their first 8 bytes (one probe run)."""
+    fingerprint = [k - k % 2 if k < 60 else k for k in range(120)]
+    keys = [fingerprint[k].to_bytes(8, "little") + k.to_bytes(24, "big") for k in range(120)]
+    now = time.time()
+    by_bytes, by_rows = MemoryStore(max_devices), MemoryStore(max_devices)
+    for spec in batches:
+        rows = [(keys[k], c, now - 10.0 + t, now + 100.0 + e) for k, c, t, e in spec]
+        args = record_batch(rows)
+        by_bytes.record_many(*args)
+        by_rows.record_many_of(as_digests(args[0]), *args[1:])
+    assert by_rows.dump() == by_bytes.dump()
+    asked = [keys[k] for k in reads] + [bytes(32), (1).to_bytes(8, "little") + bytes(24)]
+    want = [a.tolist() for a in by_bytes.latest_records(asked)]
+    assert [a.tolist() for a in by_rows.latest_records_of(as_digests(asked))] == want
+    assert [a.tolist() for a in by_bytes.latest_records_of(as_digests(asked))] == want
+
+
+def test_keys_alike_in_their_first_word_are_each_found_and_no_stranger() -> None:
+    """Keys alike in their first 8 bytes (where the key table probes from): each is found by
+    its whole key, a third such key that is not stored is not, and dropping one leaves the
+    other found."""
+    now = time.time()
+    a, b, stranger = (bytes(8) + bytes([i]) * 24 for i in (1, 2, 3))
+    store = MemoryStore()
+    store.record(a, 1, now, now + 60)
+    store.record(b, 2, now, now + 60)
+    position, category, _ = store.latest_records_of(as_digests([stranger, b, a]))
+    assert position.tolist() == [1, 2] and category.tolist() == [2, 1]
+    store.forget(a)
+    position, category, _ = store.latest_records_of(as_digests([a, b]))
+    assert position.tolist() == [1] and category.tolist() == [2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,20 @@ _FEW = 16
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
+# Hashed device keys as the rows of an (n, 32) array, as `DeviceHasher` makes them for a batch.
+Digests = npt.NDArray[np.uint8]
+
+
+def as_keys(digests: Digests) -> list[bytes]:
+    """The rows of a digest array as bytes keys, in one C loop (a 32-byte void view; "S32"
+    would drop trailing NULs)."""
+    keys: list[bytes] = np.ascontiguousarray(digests).view("V32").ravel().tolist()
+    return keys
+
+
+def as_digests(keys: Sequence[bytes]) -> Digests:
+    """32-byte keys as the rows of a digest array (one join)."""
+    return np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
 
 
 def record_lists(
@@ -28,7 +42,7 @@ def record_lists(
 
 
 def record_arrays(
-    keys: Sequence[bytes],
+    keys: Sized,
     categories: npt.NDArray[np.uint8],
     times: npt.NDArray[np.float64],
     expires_at: npt.NDArray[np.float64],
@@ -90,6 +104,12 @@ class PresenceStore(ABC):
                 cls.latest_found = PresenceStore.latest_found  # type: ignore[method-assign]
         if ("latest_many" in own or "latest_found" in own) and "latest_records" not in own:
             cls.latest_records = PresenceStore.latest_records  # type: ignore[method-assign]
+        # The digest forms go through the bytes forms unless the subclass redefines them too.
+        reads = ("latest_many", "latest_found", "latest_records")
+        if any(name in own for name in reads) and "latest_records_of" not in own:
+            cls.latest_records_of = PresenceStore.latest_records_of  # type: ignore[method-assign]
+        if "record_many" in own and "record_many_of" not in own:
+            cls.record_many_of = PresenceStore.record_many_of  # type: ignore[method-assign]
 
     @abstractmethod
     def record_many(
@@ -145,6 +165,24 @@ class PresenceStore(ABC):
             np.array(category, dtype=np.int64),
             np.array(times, dtype=np.float64),
         )
+
+    def latest_records_of(self, digests: Digests) -> tuple[I64, I64, F64]:
+        """`latest_records` of the keys given as the rows of a digest array.
+
+        What the engine calls for a batch: a store that looks keys up in arrays (the memory
+        store) skips making a bytes object per device; others get the bytes.
+        """
+        return self.latest_records(as_keys(digests))
+
+    def record_many_of(
+        self,
+        digests: Digests,
+        categories: npt.NDArray[np.uint8],
+        times: npt.NDArray[np.float64],
+        expires_at: npt.NDArray[np.float64],
+    ) -> None:
+        """`record_many` of the keys given as the rows of a digest array."""
+        self.record_many(as_keys(digests), categories, times, expires_at)
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing to release
         """Release connections and files."""

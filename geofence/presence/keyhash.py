@@ -30,6 +30,8 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
+from geofence.presence.base import Digests, as_digests, as_keys
+
 try:  # built by `pip install` where a C compiler is found (pyproject.toml: optional)
     from geofence.presence._hmac import Keyer as _Keyer
 except ImportError:  # pragma: no cover - depends on the install
@@ -122,12 +124,17 @@ class DeviceHasher:
         A batch whose ids are packed already (`distinct.distinct_ids`) goes to the compiled
         loop as it is, without joining and encoding them again.
         """
+        return as_keys(self.digests_packed(blob, offsets))
+
+    def digests_packed(self, blob: U8, offsets: npt.NDArray[np.int64]) -> Digests:
+        """`keys_packed` as the rows of an (n, 32) array: no bytes object per id."""
         native = self._native_states()
         if native is not None:
-            return native.keys_of_blob(blob, offsets)
+            return native.digests_of_blob(blob, offsets)
         raw = blob.tobytes()
         ends = offsets.tolist()
-        return [self.key_of_bytes_hashlib(raw[a:b]) for a, b in itertools.pairwise(ends)]
+        keys = [self.key_of_bytes_hashlib(raw[a:b]) for a, b in itertools.pairwise(ends)]
+        return as_digests(keys)
 
     def keys_hashlib(self, device_ids: Sequence[str]) -> list[bytes]:
         """`keys` by hashlib alone (the loop inlined: a call per id would cost 10%)."""
@@ -378,8 +385,10 @@ class _NativeStates:
 
     def keys_of_blob(self, blob: U8, offsets: npt.NDArray[np.int64]) -> list[bytes]:
         """The keys of the ids blob[offsets[i]:offsets[i + 1]], from one compiled call."""
+        return as_keys(self.digests_of_blob(blob, offsets))
+
+    def digests_of_blob(self, blob: U8, offsets: npt.NDArray[np.int64]) -> Digests:
+        """`keys_of_blob` as the rows of an (n, 32) array."""
         out = np.empty((len(offsets) - 1, 32), dtype=np.uint8)
         _hmac_many(blob, offsets, self._inner, self._outer, out, self._functions)
-        # A 32-byte void view gives bytes objects in one C loop ("S32" would drop trailing NULs).
-        keys: list[bytes] = out.view("V32").ravel().tolist()
-        return keys
+        return out

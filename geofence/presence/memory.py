@@ -12,18 +12,19 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numba
 import numpy as np
 import numpy.typing as npt
 
-from geofence.presence.base import PresenceStore, record_arrays
+from geofence.presence.base import Digests, PresenceStore, as_keys, record_arrays
 
 logger = logging.getLogger("geofence.presence")
 
 I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
 
 DEFAULT_MAX_DEVICES = 10_000_000
@@ -36,6 +37,10 @@ DEFAULT_MAX_DEVICES = 10_000_000
 # compiled loop. Nothing per device is an object the garbage collector tracks (a dict per
 # device made filling a store O(n^2) through full collections).
 _NO_CATEGORY = -1
+# In the key table: a slot never used (a probe stops here), and one whose row was dropped (a
+# probe goes on past it; an insert may reuse it).
+_EMPTY = -1
+_GONE = -2
 
 
 @numba.njit(cache=True, nogil=True)
@@ -64,6 +69,46 @@ def _upsert(rows: I64, cats: I64, ts: F64, exps: F64, records: F64, expiry: F64)
             records[r, column, 2] = max(records[r, column, 2], exps[i])
         expiry[r] = max(expiry[r], exps[i])
     return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _find(table: I64, keys: U64, digests: U64, out: I64) -> None:
+    """out[i] = the row whose key is digests[i] (4 words), or -1: linear probing from the key's
+    first word (a keyed hash, so uniform), confirmed on all four."""
+    mask = table.size - 1
+    for i in range(digests.shape[0]):
+        d0, d1, d2, d3 = digests[i, 0], digests[i, 1], digests[i, 2], digests[i, 3]
+        h = np.int64(d0 & np.uint64(mask))
+        row = -1
+        while True:
+            s = table[h]
+            if s == _EMPTY:
+                break
+            if s >= 0 and keys[s, 0] == d0 and keys[s, 1] == d1:  # noqa: SIM102 - line length
+                if keys[s, 2] == d2 and keys[s, 3] == d3:
+                    row = s
+                    break
+            h = (h + 1) & mask
+        out[i] = row
+
+
+@numba.njit(cache=True, nogil=True)
+def _insert(table: I64, keys: U64, rows: I64) -> None:
+    """Put rows whose keys the table does not hold yet into free slots."""
+    mask = table.size - 1
+    for r in rows:
+        h = np.int64(keys[r, 0] & np.uint64(mask))
+        while table[h] >= 0:
+            h = (h + 1) & mask
+        table[h] = r
+
+
+def _unexpired(position: I64, records: F64, now: float) -> tuple[I64, I64, F64]:
+    """(position, category, time) of the records unexpired at `now`, from gathered rows; a
+    key's records adjacent, in column order."""
+    cat = records[:, :, 0]
+    i, j = np.nonzero((cat != _NO_CATEGORY) & (records[:, :, 2] > now))
+    return position[i], cat[i, j].astype(np.int64), records[i, j, 1]
 
 
 class MemoryStore(PresenceStore):
@@ -100,6 +145,12 @@ class MemoryStore(PresenceStore):
         self._row: dict[bytes, int] = {}  # key -> its row
         self._key_of: list[bytes | None] = []  # row -> its key (None: a free row)
         self._free: list[int] = []  # rows to reuse
+        # Each row's key in `_keys32` (32-byte keys; `_indexed` marks them), and an open-
+        # addressing table of those rows: how a batch given as digests finds its rows in one
+        # compiled pass (`_rows_of`), where a dict lookup per device cost ~60 ns in cache misses.
+        self._keys32 = np.zeros((0, 32), dtype=np.uint8)
+        self._indexed = np.zeros(0, dtype=np.bool_)
+        self._new_table(1024)
         # Per row and column: (category, time, expires_at); the category -1 for a free column.
         self._records = np.full((0, 1, 3), _NO_CATEGORY, dtype=np.float64)
         self._expiry = np.zeros(0)  # per row: when its last record expires
@@ -121,38 +172,65 @@ class MemoryStore(PresenceStore):
         now = time.time()
         with self._lock:
             self._sweep(now)
-            keep = np.flatnonzero(exps > now)  # an expired record would only be swept away
             stored = map(self._row.get, keys, itertools.repeat(-1))
-            rows = np.fromiter(stored, np.int64, len(keys))[keep]
-            new = np.flatnonzero(rows < 0)
-            if new.size:
-                # Distinct new devices, in order of first appearance.
-                arrivals = list(dict.fromkeys(map(keys.__getitem__, keep[new].tolist())))
-                if len(self._row) + len(arrivals) > self.max_devices:
-                    # Which device an eviction drops depends on the order of the records.
-                    for i in keep.tolist():
-                        self._put(keys[i], int(cats[i]), float(ts[i]), float(exps[i]), now)
-                    self._trim_heap()
-                    return
-                added = self._add(arrivals)
-                if len(added) == new.size:  # no device twice: the rows go in order
-                    rows[new] = added
-                else:
-                    rows[new] = np.fromiter(
-                        map(self._row.__getitem__, map(keys.__getitem__, keep[new].tolist())),
-                        np.int64,
-                        new.size,
-                    )
-            self._apply(rows, cats[keep], ts[keep], exps[keep])
-            if new.size:
-                entries = zip(self._expiry[added].tolist(), added, strict=True)
-                if len(added) > len(self._heap) // 8:  # many: one heapify beats a push each
-                    self._heap.extend(entries)
-                    heapq.heapify(self._heap)
-                else:
-                    for entry in entries:
-                        heapq.heappush(self._heap, entry)
-            self._trim_heap()
+            rows = np.fromiter(stored, np.int64, len(keys))
+            self._record(rows, lambda at: list(map(keys.__getitem__, at)), cats, ts, exps, now)
+
+    def record_many_of(
+        self,
+        digests: Digests,
+        categories: npt.NDArray[np.uint8],
+        times: npt.NDArray[np.float64],
+        expires_at: npt.NDArray[np.float64],
+    ) -> None:
+        """`record_many` of keys given as digest rows: stored devices are found in the key
+        table, and only new ones become bytes objects."""
+        cats, ts, exps = record_arrays(digests, categories, times, expires_at)
+        now = time.time()
+        with self._lock:
+            self._sweep(now)
+            rows = self._rows_of(digests)
+            self._record(rows, lambda at: as_keys(digests[at]), cats, ts, exps, now)
+
+    def _record(
+        self,
+        rows: I64,
+        keys_at: Callable[[list[int]], list[bytes]],
+        cats: I64,
+        ts: F64,
+        exps: F64,
+        now: float,
+    ) -> None:
+        """`record_many` once the records' rows are known (-1: a device not stored);
+        keys_at(positions) gives the keys of records at those positions."""
+        keep = np.flatnonzero(exps > now)  # an expired record would only be swept away
+        rows = rows[keep]
+        new = np.flatnonzero(rows < 0)
+        if new.size:
+            new_keys = keys_at(keep[new].tolist())
+            arrivals = list(dict.fromkeys(new_keys))  # distinct, in order of first appearance
+            if len(self._row) + len(arrivals) > self.max_devices:
+                # Which device an eviction drops depends on the order of the records.
+                at = keep.tolist()
+                for i, key in zip(at, keys_at(at), strict=True):
+                    self._put(key, int(cats[i]), float(ts[i]), float(exps[i]), now)
+                self._trim_heap()
+                return
+            added = self._add(arrivals)
+            if len(added) == new.size:  # no device twice: the rows go in order
+                rows[new] = added
+            else:
+                rows[new] = np.fromiter(map(self._row.__getitem__, new_keys), np.int64, new.size)
+        self._apply(rows, cats[keep], ts[keep], exps[keep])
+        if new.size:
+            entries = zip(self._expiry[added].tolist(), added, strict=True)
+            if len(added) > len(self._heap) // 8:  # many: one heapify beats a push each
+                self._heap.extend(entries)
+                heapq.heapify(self._heap)
+            else:
+                for entry in entries:
+                    heapq.heappush(self._heap, entry)
+        self._trim_heap()
 
     def record(self, key: bytes, category: int, time_s: float, expires_at: float) -> None:
         """One record, as `record_many` keeps it, without its arrays (a single request's)."""
@@ -205,12 +283,27 @@ class MemoryStore(PresenceStore):
         with self._lock:
             rows = np.fromiter(map(self._row.get, keys, itertools.repeat(-1)), np.int64, len(keys))
             position = np.flatnonzero(rows >= 0)
-            found = rows[position]
             # Gathers copy: what is read stays as it was under the lock.
-            records = self._records[found]
-        cat = records[:, :, 0]
-        i, j = np.nonzero((cat != _NO_CATEGORY) & (records[:, :, 2] > now))  # a key's adjacent
-        return position[i], cat[i, j].astype(np.int64), records[i, j, 1]
+            records = self._records[rows[position]]
+        return _unexpired(position, records, now)
+
+    def latest_records_of(self, digests: Digests) -> tuple[I64, I64, F64]:
+        """`latest_records` of keys given as digest rows, found in the key table: no bytes
+        object per device (86k in a 200k-request batch, ~3 ms to make) and no dict lookup
+        (~5 ms more, in cache misses)."""
+        now = time.time()
+        with self._lock:
+            rows = self._rows_of(digests)
+            position = np.flatnonzero(rows >= 0)
+            records = self._records[rows[position]]
+        return _unexpired(position, records, now)
+
+    def _rows_of(self, digests: Digests) -> I64:
+        """The row of each digest's device, -1 for one not stored (the caller holds the lock)."""
+        rows = np.empty(len(digests), dtype=np.int64)
+        words = np.ascontiguousarray(digests).view(np.uint64)
+        _find(self._table, self._keys64, words, rows)
+        return rows
 
     def forget(self, key: bytes) -> None:
         """Erase one device: its row is cleared; its heap entries become stale."""
@@ -273,7 +366,63 @@ class MemoryStore(PresenceStore):
             self._key_of[row] = key
         rows = reused + fresh
         self._row.update(zip(keys, rows, strict=True))
+        blob = b"".join(keys)
+        if len(blob) == 32 * len(keys):  # every key 32 bytes (as the hasher makes them)
+            self._keys32[rows] = np.frombuffer(blob, dtype=np.uint8).reshape(len(keys), 32)
+            self._index(rows)
+        else:
+            for key, row in zip(keys, rows, strict=True):
+                if len(key) == 32:
+                    self._key_view[32 * row : 32 * row + 32] = key
+                    self._index_one(key, row)
         return rows
+
+    def _new_table(self, size: int) -> None:
+        """An empty key table of `size` slots (a power of two)."""
+        self._table = np.full(size, _EMPTY, dtype=np.int64)
+        self._slots: Any = memoryview(self._table)  # type: ignore[arg-type]
+        self._used = 0  # slots not empty: rows and gone ones
+
+    def _index_one(self, key: bytes, row: int) -> None:
+        """`_index` of one row, its 32-byte key given: in Python through a memoryview (a single
+        request's new device; the compiled insert's call and arrays cost ~1.5 us more)."""
+        if 2 * (self._used + 1) > self._table.size:
+            self._index([row])
+            return
+        slots = self._slots
+        mask = len(slots) - 1
+        h = int.from_bytes(key[:8], "little") & mask  # the first word, as _find reads it
+        while slots[h] >= 0:
+            h = (h + 1) & mask
+        slots[h] = row
+        self._indexed[row] = True
+        self._used += 1
+
+    def _unindex(self, key: bytes, row: int) -> None:
+        """Mark a row's slot in the key table gone: probes for other keys still pass it."""
+        slots = self._slots
+        mask = len(slots) - 1
+        h = int.from_bytes(key[:8], "little") & mask
+        while slots[h] != _EMPTY:
+            if slots[h] == row:
+                slots[h] = _GONE
+                return
+            h = (h + 1) & mask
+
+    def _index(self, rows: list[int]) -> None:
+        """Enter rows whose 32-byte keys are in `_keys32` into the key table, rebuilding it at
+        half full (a digest never equals a key of another length: those are not entered)."""
+        if 2 * (self._used + len(rows)) > self._table.size:
+            live = np.flatnonzero(self._indexed)
+            size = 1024
+            while size < 4 * (live.size + len(rows)):
+                size *= 2
+            self._new_table(size)
+            _insert(self._table, self._keys64, live)
+            self._used = live.size
+        _insert(self._table, self._keys64, np.array(rows, dtype=np.int64))
+        self._indexed[rows] = True
+        self._used += len(rows)
 
     def _resize(self, rows: int, width: int) -> None:
         """Arrays of `rows` rows and `width` columns, holding what the current ones hold."""
@@ -282,7 +431,14 @@ class MemoryStore(PresenceStore):
         expiry = np.full(rows, -np.inf)
         records[:n, :w] = self._records
         expiry[:n] = self._expiry
-        self._records, self._expiry = records, expiry
+        keys32 = np.zeros((rows, 32), dtype=np.uint8)
+        keys32[:n] = self._keys32
+        indexed = np.zeros(rows, dtype=np.bool_)
+        indexed[:n] = self._indexed
+        self._records, self._expiry, self._keys32 = records, expiry, keys32
+        self._keys64 = keys32.view(np.uint64)  # the same keys, as the table's kernels read them
+        self._indexed = indexed
+        self._key_view: Any = memoryview(keys32.reshape(-1))  # type: ignore[arg-type]
         # Python floats by index (see _history), and the width they go with: one tuple, so a
         # reader without the lock never pairs one array's view with another's width.
         self._view: tuple[Any, int] = (memoryview(records.reshape(-1)), width)  # type: ignore[arg-type]
@@ -319,6 +475,9 @@ class MemoryStore(PresenceStore):
                     self._resize(max(row * 3 // 2, 1024), self._records.shape[1])
                 self._key_of.append(key)
             self._row[key] = row
+            if len(key) == 32:
+                self._key_view[32 * row : 32 * row + 32] = key
+                self._index_one(key, row)
             flat, width = self._view
             base = 3 * width * row
             flat[base], flat[base + 1], flat[base + 2] = cat, t, e
@@ -355,6 +514,10 @@ class MemoryStore(PresenceStore):
         assert key is not None
         del self._row[key]
         self._key_of[row] = None
+        if self._indexed[row]:
+            self._unindex(key, row)
+            self._indexed[row] = False
+            self._keys32[row] = 0
         self._records[row] = _NO_CATEGORY  # times too: nothing of the device is left
         self._expiry[row] = -np.inf
         self._free.append(row)

@@ -127,7 +127,7 @@ class MemoryStore(PresenceStore):
     oldest presence: every evicted record expires no later than the newest record of any device
     kept. It is still a loss (that device may be targeted before its lookback ends, by at most the
     time its records had left), so size the store for the devices seen within the longest
-    lookback: a device costs about 300 bytes (10 million, the default bound, about 3 GB).
+    lookback: a device costs about 350 bytes (10 million, the default bound, about 3.5 GB).
     """
 
     def __init__(self, max_devices: int = DEFAULT_MAX_DEVICES) -> None:

@@ -480,3 +480,7 @@ def test_keys_alike_in_their_first_word_are_each_found_and_no_stranger() -> None
     store.forget(a)
     position, category, _ = store.latest_records_of(as_digests([a, b]))
     assert position.tolist() == [1] and category.tolist() == [2]
+    # A single request's new device enters the table where a batch's lookup probes for it.
+    c = bytes(range(1, 33))
+    store.record(c, 3, now, now + 60)
+    assert store.latest_records_of(as_digests([c]))[1].tolist() == [3]

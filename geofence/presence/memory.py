@@ -10,6 +10,7 @@ import heapq
 import itertools
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -391,7 +392,7 @@ class MemoryStore(PresenceStore):
             return
         slots = self._slots
         mask = len(slots) - 1
-        h = int.from_bytes(key[:8], "little") & mask  # the first word, as _find reads it
+        h = int.from_bytes(key[:8], sys.byteorder) & mask  # the first word, as _find reads it
         while slots[h] >= 0:
             h = (h + 1) & mask
         slots[h] = row
@@ -402,7 +403,7 @@ class MemoryStore(PresenceStore):
         """Mark a row's slot in the key table gone: probes for other keys still pass it."""
         slots = self._slots
         mask = len(slots) - 1
-        h = int.from_bytes(key[:8], "little") & mask
+        h = int.from_bytes(key[:8], sys.byteorder) & mask
         while slots[h] != _EMPTY:
             if slots[h] == row:
                 slots[h] = _GONE

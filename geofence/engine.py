@@ -31,7 +31,7 @@ from geofence.decision import NO_CATEGORY, BatchDecision, Decision
 from geofence.errors import PresenceUnavailable
 from geofence.index import KIND_CLEAR, KIND_INSIDE
 from geofence.openrtb import InvalidBidRequest, parse_bid_request
-from geofence.presence.base import Digests, PresenceStore, as_digests, as_keys
+from geofence.presence.base import Digests, PresenceStore, as_keys
 from geofence.presence.blocks import block_ends, fold_events
 from geofence.presence.distinct import PackedIds, distinct_ids, pack_ids
 from geofence.presence.keyhash import DeviceHasher
@@ -838,7 +838,7 @@ class Engine:
         id_arr = np.array(ids, dtype=object)
         codes, uniques = pd.factorize(id_arr if len(has_id) == len(ids) else id_arr[has_id])
         distinct: list[str] = uniques.tolist()  # has_id holds only requests with a str id
-        return codes.astype(np.intp, copy=False), as_digests(self._hasher.keys(distinct))
+        return codes.astype(np.intp, copy=False), self._hasher.digests(distinct)
 
     def _history(
         self,

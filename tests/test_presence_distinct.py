@@ -106,7 +106,8 @@ def test_a_large_batch_of_random_ids_is_pandas_factorize() -> None:
 
 
 def test_packed_keys_are_the_keys_of_the_ids() -> None:
-    """`keys_packed` hashes the packed bytes as `keys` hashes the ids: the standard HMAC."""
+    """`digests_packed` hashes the packed bytes as `keys` and `digests` hash the ids: the
+    standard HMAC."""
     seq = ["ifa-1", "ifa-2", "ifa-1", "x" * 64, "y" * 55]
     packed = pack_ids(seq, MAX_DEVICE_ID)
     assert packed is not None
@@ -117,7 +118,8 @@ def test_packed_keys_are_the_keys_of_the_ids() -> None:
     distinct = ["ifa-1", "ifa-2", "x" * 64, "y" * 55]
     want = [hmac.new(SECRET, d.encode(), hashlib.sha256).digest() for d in distinct]
     assert dev.tolist() == [0, 1, 0, 2, 3]
-    assert h.keys_packed(blob, offsets) == want == h.keys(distinct)
+    assert as_keys(h.digests_packed(blob, offsets)) == want == h.keys(distinct)
+    assert as_keys(h.digests(distinct)) == want
 
 
 def test_ids_differing_in_one_byte_anywhere_are_distinct() -> None:

@@ -118,16 +118,20 @@ class DeviceHasher:
         key = native.keyer.key  # a few ids: one C call each beats the compiled loop's call
         return [key(d.encode("utf-8")) for d in device_ids]
 
-    def keys_packed(self, blob: U8, offsets: npt.NDArray[np.int64]) -> list[bytes]:
-        """`key_of_bytes` of each blob[offsets[i]:offsets[i + 1]] (ids already UTF-8), in order.
+    def digests(self, device_ids: Sequence[str]) -> Digests:
+        """`keys` as the rows of an (n, 32) array, what a batch hands the store."""
+        native = self._native_states()
+        if native is not None and len(device_ids) >= NATIVE_MIN_IDS:
+            return native.digests(device_ids)
+        return as_digests(self.keys(device_ids))
+
+    def digests_packed(self, blob: U8, offsets: npt.NDArray[np.int64]) -> Digests:
+        """`key_of_bytes` of each blob[offsets[i]:offsets[i + 1]] (ids already UTF-8), in order,
+        as the rows of an (n, 32) array.
 
         A batch whose ids are packed already (`distinct.distinct_ids`) goes to the compiled
         loop as it is, without joining and encoding them again.
         """
-        return as_keys(self.digests_packed(blob, offsets))
-
-    def digests_packed(self, blob: U8, offsets: npt.NDArray[np.int64]) -> Digests:
-        """`keys_packed` as the rows of an (n, 32) array: no bytes object per id."""
         native = self._native_states()
         if native is not None:
             return native.digests_of_blob(blob, offsets)
@@ -367,6 +371,10 @@ class _NativeStates:
 
     def keys(self, device_ids: Sequence[str]) -> list[bytes]:
         """The keys of `device_ids`, in order, from one compiled call."""
+        return as_keys(self.digests(device_ids))
+
+    def digests(self, device_ids: Sequence[str]) -> Digests:
+        """`keys` as the rows of an (n, 32) array."""
         n = len(device_ids)
         joined = "".join(device_ids)
         lengths: Any
@@ -381,14 +389,11 @@ class _NativeStates:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.fromiter(lengths, dtype=np.int64, count=n), out=offsets[1:])
         # A bytearray, not bytes: numba types a read-only array 4 us slower at every call.
-        return self.keys_of_blob(np.frombuffer(blob, dtype=np.uint8), offsets)
-
-    def keys_of_blob(self, blob: U8, offsets: npt.NDArray[np.int64]) -> list[bytes]:
-        """The keys of the ids blob[offsets[i]:offsets[i + 1]], from one compiled call."""
-        return as_keys(self.digests_of_blob(blob, offsets))
+        return self.digests_of_blob(np.frombuffer(blob, dtype=np.uint8), offsets)
 
     def digests_of_blob(self, blob: U8, offsets: npt.NDArray[np.int64]) -> Digests:
-        """`keys_of_blob` as the rows of an (n, 32) array."""
+        """The keys of the ids blob[offsets[i]:offsets[i + 1]] as the rows of an (n, 32)
+        array, from one compiled call."""
         out = np.empty((len(offsets) - 1, 32), dtype=np.uint8)
         _hmac_many(blob, offsets, self._inner, self._outer, out, self._functions)
         return out

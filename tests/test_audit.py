@@ -199,12 +199,14 @@ def test_a_full_queue_drops_counts_and_reports_without_blocking(
         t = time.perf_counter()
         log.record(d, None, float(i))
         slowest = max(slowest, time.perf_counter() - t)
-    t = time.perf_counter()
     batch = small_engine().check_many(np.full(1000, 95.0), np.zeros(1000))  # 1000 rejections
+    t = time.perf_counter()
     log.record_batch(batch, None, 0.0)
     slowest_batch = time.perf_counter() - t
-    assert slowest < 0.01, f"record() took {slowest * 1e3:.1f} ms with the writer stuck"
-    assert slowest_batch < 0.05
+    # A call that waited for the writer would take the whole 10 s hang; the bounds leave room
+    # for a loaded machine (building the engine inside the timed span once took 51 ms).
+    assert slowest < 0.5, f"record() took {slowest * 1e3:.1f} ms with the writer stuck"
+    assert slowest_batch < 0.5, f"record_batch() took {slowest_batch * 1e3:.1f} ms"
     assert log.dropped == 4900 + 1000
     assert log.status()["queued"] == 100
     release.set()

@@ -71,6 +71,7 @@ from geofence.kernels import (
     groups,
     point_distance,
     prefetch,
+    ring_scan,
     rings_scan,
 )
 
@@ -102,6 +103,11 @@ _TILE_SPAN = np.int64(1 << 20)  # (cell, tile) keys: cell * _TILE_SPAN + tile (t
 STATE_MIXED, STATE_CLEAR, STATE_NEAR, STATE_INSIDE, STATE_SUB = 0, 1, 2, 3, 4
 AHEAD = 8  # points between the kernel's prefetch stages (see _grid_kernel)
 PREFETCH_MIN_TABLE_BYTES = 4 << 20  # smaller fine tables: no prefetch stages (_prefetching)
+# A piece's row (_piece_rows): box 0-3, then these columns; its code packs its coordinates' span.
+ROW_WIDTH, ROW_R, ROW_REACH, ROW_ZONE, ROW_CODE = 8, 4, 5, 6, 7
+CODE_SHIFT = 16
+CODE_COUNT = (1 << CODE_SHIFT) - 1  # rings of more coordinates go by ring_start (code -1)
+PREFETCH_COORDS = 64  # a piece's coordinates asked for ahead, at most
 
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
@@ -297,7 +303,7 @@ class GridIndex:
             fl.ring_start,
             fl.coord_start,
             fl.xy,
-            _piece_boxes(fl),
+            _piece_rows(fl, exact.part_zone, exact.radius_m, exact.buffer_m),
         )
         # The single-point path is bound at its first request (_bind_single): batch-only users
         # (the CLI, check_many) never load or compile its functions.
@@ -490,7 +496,7 @@ def _settle(
     dl: float, dt: float, a: float, slot: np.int64,
     ints: I64, floats: F32, entries: I64, combos: F32,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xs: F64,
-    ys: F64, pbox: F64,
+    ys: F64, prow: F64,
 ) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
     """(kind, zone, settled) for one point from its cell's list, ranked as ExactIndex ranks.
 
@@ -503,31 +509,27 @@ def _settle(
     if not a <= floats[slot, 2]:
         return np.int8(KIND_CLEAR), np.int32(-1), False
     begin, end = ints[slot, 3], ints[slot, 4]
-    # Each piece's zone row and first coordinates asked for at once, so their waits overlap.
+    # Each piece's row, frame and coordinates asked for at once, so their waits overlap (in a
+    # batch the kernel has asked for them already, and they are at hand).
     for e in range(begin, end):
         p = entries[e, 0]
         prefetch(combos, entries[e, 1])
-        prefetch(pbox, p)
-        prefetch(zone_m, part_zone[p])
-        q = coord_start[ring_start[p]]
-        prefetch(xs, q)
-        prefetch(ys, q)
+        _prefetch_coords(prow[p, ROW_CODE], xs, ys)
     best_inside = False
     best_zone = np.int32(-1)
     best_excess = np.inf
     for e in range(begin, end):
         p = entries[e, 0]
         c = entries[e, 1]
-        z = part_zone[p]
-        r = zone_m[z, 0]
+        r = prow[p, ROW_R]
         tol = FRAME_SLACK_M + combos[c, 6]
-        limit = r + zone_m[z, 1] + a
+        limit = prow[p, ROW_REACH] + a
         reach = limit * FRAME_STRETCH + tol
         inside_reach = r * FRAME_STRETCH + tol
         x = combos[c, 0] + combos[c, 2] * dl + combos[c, 3] * dt
         y = combos[c, 1] + combos[c, 4] * dl + combos[c, 5] * dt
-        bx = max(pbox[p, 0] - x, 0.0, x - pbox[p, 2])
-        by = max(pbox[p, 1] - y, 0.0, y - pbox[p, 3])
+        bx = max(prow[p, 0] - x, 0.0, x - prow[p, 2])
+        by = max(prow[p, 1] - y, 0.0, y - prow[p, 3])
         box2 = bx * bx + by * by
         if box2 > reach * reach:
             continue  # out of reach of the box, so of the piece: neither inside nor near
@@ -539,24 +541,53 @@ def _settle(
                     continue
             elif not may_inside and lower - limit > best_excess:
                 continue
-        if is_point[p]:
-            q = coord_start[ring_start[p]]
-            d = np.hypot(x - xs[q], y - ys[q])
-        else:
-            in_rings, d2 = rings_scan(x, y, p, ring_start, coord_start, xs, ys)
-            d = 0.0 if in_rings else np.sqrt(d2)
+        d = _piece_distance(x, y, p, prow, ring_start, coord_start, xs, ys)
         inside = d <= inside_reach
         if not (inside or d <= reach):
             continue
+        z = np.int32(prow[p, ROW_ZONE])
         excess = d - r if inside else d - limit
         same_rank = inside == best_inside
         if (inside and not best_inside) or (
             same_rank and (excess < best_excess or (excess == best_excess and z < best_zone))
         ):
-            best_inside, best_zone, best_excess = inside, np.int32(z), excess
+            best_inside, best_zone, best_excess = inside, z, excess
     if best_zone < 0:
         return np.int8(KIND_CLEAR), best_zone, True
     return (np.int8(KIND_INSIDE) if best_inside else np.int8(KIND_NEAR)), best_zone, True
+
+
+@numba.njit(cache=True, inline="always")
+def _prefetch_coords(code: float, xs: F64, ys: F64) -> None:
+    """Ask for the coordinates of a piece with row code `code` (see _piece_rows), at most
+    PREFETCH_COORDS of them."""
+    if code >= 0.0:
+        q = np.int64(code) >> CODE_SHIFT
+        count = np.int64(code) & CODE_COUNT
+        end = q + (count if count < PREFETCH_COORDS else np.int64(PREFETCH_COORDS))
+        for k in range(q, end, 8):  # 8 coordinates a cache line
+            prefetch(xs, k)
+            prefetch(ys, k)
+        prefetch(xs, end - 1)
+        prefetch(ys, end - 1)
+
+
+@numba.njit(cache=True, inline="always")
+def _piece_distance(
+    x: float, y: float, p: np.int64, prow: F64, ring_start: I64, coord_start: I64, xs: F64,
+    ys: F64,
+) -> float:  # fmt: skip
+    """Piece p's distance from (x, y) in its frame, 0 inside (as `point_distance`'s first)."""
+    code = prow[p, ROW_CODE]
+    if code >= 0.0:  # one ring, or a point: its coordinates' span is in the row
+        q = np.int64(code) >> CODE_SHIFT
+        count = np.int64(code) & CODE_COUNT
+        if count == 1:
+            return np.hypot(x - xs[q], y - ys[q])
+        inside, d2 = ring_scan(x, y, q, q + count, xs, ys)
+        return 0.0 if inside else np.sqrt(d2)
+    inside, d2 = rings_scan(x, y, p, ring_start, coord_start, xs, ys)
+    return 0.0 if inside else np.sqrt(d2)
 
 
 @numba.njit(cache=True, inline="always")
@@ -581,7 +612,7 @@ def _grid_kernel(
     sub_base: I32, s_ints: I64, s_floats: F32, s_entries: I64, s_combos: F32,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
-    pbox: F64, out_kind: I8, out_zone: I32, out_todo: B,
+    prow: F64, out_kind: I8, out_zone: I32, out_todo: B,
 ) -> None:  # fmt: skip
     """Decide each point from the tables, or flag it for the exact index."""
     f_size = np.int64(len(f_table))
@@ -598,13 +629,15 @@ def _grid_kernel(
         # i + 3 A; the cell of point i + 2 A and its rows, the cell found there once and kept in
         # out_zone[i + 2 A] (int32: cells < 2**31) until that point is decided, which writes its
         # answer over it; for point i + A, the head of its list if the list will be read (marked
-        # so: -2 - cell); for i + A / 2, so marked, the listed pieces' rows (_settle asks for
-        # their coordinates). grid_one's single point skips every stage. Why: a list point waits
-        # on five reads in a row (table, cell, list, pieces, coordinates) in arrays tens of MB
-        # large; fetched ahead, the waits of several points overlap. 50k zones: 840 -> 430 ns a
-        # list point, 260 -> 150 a point. Tables that fit the caches skip every stage (far[2]
-        # is 0: GridIndex._prefetching), where they cost ~7 ns a point. Each cell is found
-        # once (a probe costs a mispredicted branch, ~15 ns a point). No result changes.
+        # so: -2 - cell); for i + A / 2, so marked, the listed pieces' rows and frames; for
+        # i + A / 4, their coordinates (whose place the rows tell). grid_one's single point
+        # skips every stage. Why: a list point waits on five reads in a row (table, cell, list,
+        # pieces, coordinates) in arrays tens of MB large; fetched ahead, the waits of several
+        # points overlap. 50k zones: 840 -> 430 ns a list point, 260 -> 150 a point; the
+        # coordinates' stage, with the pieces' rows, a tenth more. Tables that fit the caches
+        # skip every stage (far[2] is 0: GridIndex._prefetching), where they cost ~7 ns a
+        # point. Each cell is found once (a probe costs a mispredicted branch, ~15 ns a point).
+        # No result changes.
         j = i + 3 * AHEAD
         if j < staged:
             jrow = _clamp(np.int64(np.floor((lat[j] + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
@@ -634,11 +667,13 @@ def _grid_kernel(
         if 2 * AHEAD <= j < staged and out_zone[j] <= -2:
             jslot = -2 - np.int64(out_zone[j])
             for e in range(f_ints[jslot, 3], f_ints[jslot, 4]):
-                p = f_entries[e, 0]
                 prefetch(f_combos, f_entries[e, 1])
-                prefetch(pbox, p)
-                prefetch(part_zone, p)
-                prefetch(ring_start, p)
+                prefetch(prow, f_entries[e, 0])
+        j = i + AHEAD // 4
+        if 2 * AHEAD <= j < staged and out_zone[j] <= -2:
+            jslot = -2 - np.int64(out_zone[j])
+            for e in range(f_ints[jslot, 3], f_ints[jslot, 4]):
+                _prefetch_coords(prow[f_entries[e, 0], ROW_CODE], xs, ys)
         found = np.int64(out_zone[i])  # point i's cell (or -2 - cell), if found ahead
         a = acc[i]
         x = lon[i]
@@ -692,7 +727,7 @@ def _grid_kernel(
             dl, dt = _centre_offsets(x, y, row, col)
             kind, zone, settled = _settle(
                 dl, dt, a, slot, s_ints, s_floats, s_entries, f_combos,
-                part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, pbox,
+                part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, prow,
             )  # fmt: skip
         else:
             state = f_ints[slot, 0]
@@ -709,7 +744,7 @@ def _grid_kernel(
             dl, dt = _centre_offsets(x, y, row, col)
             kind, zone, settled = _settle(
                 dl, dt, a, slot, f_ints, f_floats, f_entries, f_combos,
-                part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, pbox,
+                part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, prow,
             )  # fmt: skip
         if settled:
             out_kind[i] = kind
@@ -738,7 +773,7 @@ PRESENCE_BLOCK = 4096  # points a block when presence is asked for (see GridInde
 _TABLE_FIELDS = (
     "forced", "far", "f_table", "f_ints", "f_floats", "f_entries", "f_combos",
     "sub_base", "s_ints", "s_floats", "s_entries", "s_combos", "c_table", "c_clear",
-    "part_zone", "zone_m", "is_point", "ring_start", "coord_start", "xy", "pbox",
+    "part_zone", "zone_m", "is_point", "ring_start", "coord_start", "xy", "prow",
     "one_point", "one_kind", "one_zone", "one_todo",
 )  # fmt: skip
 
@@ -840,7 +875,7 @@ def grid_one(lon: float, lat: float, acc: float, t: _Tables) -> np.int64:
         t.f_table, t.f_ints, t.f_floats, t.f_entries, t.f_combos,
         t.sub_base, t.s_ints, t.s_floats, t.s_entries, t.s_combos,
         t.c_table, t.c_clear, t.part_zone, t.zone_m, t.is_point, t.ring_start, t.coord_start,
-        t.xy, t.pbox, kind, zone, todo,
+        t.xy, t.prow, kind, zone, todo,
     )  # fmt: skip
     if todo[0]:
         return np.int64(-1)
@@ -854,7 +889,7 @@ def grid_presence(
     sub_base: I32, s_ints: I64, s_floats: F32, s_entries: I64, s_combos: F32,
     c_table: I64, c_clear: F64,
     part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
-    pbox: F64,
+    prow: F64,
 ) -> tuple[I64, I64, B]:  # fmt: skip
     """Presence pairs (point, zone) of the given points from their cells' lists.
 
@@ -917,36 +952,24 @@ def grid_presence(
         # The pieces' rows asked for at once, as _settle does; written out in both, since a
         # function handed these arrays cost ~90 ns a list point (numba counts references).
         for e in range(ints[slot, 3], ints[slot, 4]):
-            p = entries[e, 0]
             prefetch(combos, entries[e, 1])
-            prefetch(pbox, p)
-            prefetch(zone_m, part_zone[p])
-            q = coord_start[ring_start[p]]
-            prefetch(xs, q)
-            prefetch(ys, q)
+            _prefetch_coords(prow[entries[e, 0], ROW_CODE], xs, ys)
         dl, dt = _centre_offsets(x, y, row, col)
         for e in range(ints[slot, 3], ints[slot, 4]):
             p = entries[e, 0]
             c = entries[e, 1]
-            z = part_zone[p]
             tol = FRAME_SLACK_M + combos[c, 6]
-            r = zone_m[z, 0]
+            r = prow[p, ROW_R]
             limit = (r if center_only else r + a) * FRAME_STRETCH + tol
             px = combos[c, 0] + combos[c, 2] * dl + combos[c, 3] * dt
             py = combos[c, 1] + combos[c, 4] * dl + combos[c, 5] * dt
-            bx = max(pbox[p, 0] - px, 0.0, px - pbox[p, 2])
-            by = max(pbox[p, 1] - py, 0.0, py - pbox[p, 3])
+            bx = max(prow[p, 0] - px, 0.0, px - prow[p, 2])
+            by = max(prow[p, 1] - py, 0.0, py - prow[p, 3])
             if bx * bx + by * by > limit * limit:
                 continue
-            if is_point[p]:
-                q = coord_start[ring_start[p]]
-                d = np.hypot(px - xs[q], py - ys[q])
-            else:
-                in_rings, d2 = rings_scan(px, py, p, ring_start, coord_start, xs, ys)
-                d = 0.0 if in_rings else np.sqrt(d2)
-            if d <= limit:
+            if _piece_distance(px, py, p, prow, ring_start, coord_start, xs, ys) <= limit:
                 out_point[m] = i
-                out_zone[m] = z
+                out_zone[m] = np.int64(prow[p, ROW_ZONE])
                 m += 1
     return out_point[:m], out_zone[:m], todo
 
@@ -969,7 +992,7 @@ def _presence_of_one(
         t.f_table, t.f_ints, t.f_floats, t.f_entries, t.f_combos,
         t.sub_base, t.s_ints, t.s_floats, t.s_entries, t.s_combos,
         t.c_table, t.c_clear, t.part_zone, t.zone_m, t.is_point, t.ring_start, t.coord_start,
-        t.xy, t.pbox,
+        t.xy, t.prow,
     )  # fmt: skip
     # A zone repeats where it has pieces in several tiles. Lists are short: a quadratic scan,
     # in place, is cheapest.
@@ -1906,21 +1929,36 @@ def _any_per_cell(cell_of_pair: I64, flag: B, n: int) -> B:
     return out
 
 
-def _piece_boxes(flat: FlatParts) -> F64:
-    """(n_pieces, 4) bounding boxes of the pieces in their frames: minx, miny, maxx, maxy."""
+def _piece_rows(flat: FlatParts, part_zone: I64, radius_m: F64, buffer_m: F64) -> F64:
+    """What the kernels read of each piece, one 64-byte row a piece: its box in its frame
+    (minx, miny, maxx, maxy), its zone's radius and radius + buffer, its zone, its code.
+
+    The code of a piece with one ring (or a point) is first * 2**CODE_SHIFT + count, the span
+    of its coordinates; -1 sends others (holes, multipolygons' parts, huge rings) to
+    ring_start and coord_start. Why: a list point read a piece's box, zone, zone row, first
+    ring and first coordinate from five arrays, each read waiting on the one before; one row,
+    asked for ahead, holds all of them but the coordinates, which its code points to. The row
+    is aligned to a cache line, so asking for it brings it whole. 64 bytes a piece.
+    """
+    n = len(part_zone)
+    raw = np.empty(n * ROW_WIDTH + ROW_WIDTH)
+    skip = (-raw.ctypes.data % 64) // raw.itemsize  # rows start on cache lines
+    rows = raw[skip : skip + n * ROW_WIDTH].reshape(n, ROW_WIDTH)
+    if n == 0:
+        return rows
     first = flat.coord_start[flat.ring_start[:-1]]
-    if first.size == 0:
-        return np.empty((0, 4))
-    return np.ascontiguousarray(
-        np.column_stack(
-            [
-                np.minimum.reduceat(flat.xs, first),
-                np.minimum.reduceat(flat.ys, first),
-                np.maximum.reduceat(flat.xs, first),
-                np.maximum.reduceat(flat.ys, first),
-            ]
-        )
-    )
+    rows[:, 0] = np.minimum.reduceat(flat.xs, first)
+    rows[:, 1] = np.minimum.reduceat(flat.ys, first)
+    rows[:, 2] = np.maximum.reduceat(flat.xs, first)
+    rows[:, 3] = np.maximum.reduceat(flat.ys, first)
+    rows[:, ROW_R] = radius_m[part_zone]
+    # As the kernels added them before (r + buffer, then + accuracy): the same bits.
+    rows[:, ROW_REACH] = radius_m[part_zone] + buffer_m[part_zone]
+    rows[:, ROW_ZONE] = part_zone
+    count = flat.coord_start[flat.ring_start[1:]] - first
+    one_ring = (np.diff(flat.ring_start) == 1) & (count <= CODE_COUNT)
+    rows[:, ROW_CODE] = np.where(one_ring, first * float(1 << CODE_SHIFT) + count, -1.0)
+    return rows
 
 
 def _sub_base(fine_state: I32) -> I32:

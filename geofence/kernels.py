@@ -221,6 +221,29 @@ class FlatParts:
 
 
 @numba.njit(cache=True, inline="always")
+def ring_scan(
+    px: float, py: float, begin: np.int64, end: np.int64, xs: F64, ys: F64
+) -> tuple[bool, float]:  # fmt: skip
+    """(odd, squared distance to the ring) of the ring in coordinates begin:end; odd: whether
+    a ray from the point towards +x crosses an odd number of its edges (the even-odd rule)."""
+    odd = False
+    best = np.inf
+    for k in range(begin, end - 1):
+        ax, ay, bx, by = xs[k], ys[k], xs[k + 1], ys[k + 1]
+        if (ay > py) != (by > py) and px < ax + (py - ay) * (bx - ax) / (by - ay):
+            odd = not odd
+        dx, dy = bx - ax, by - ay
+        length2 = dx * dx + dy * dy
+        t = 0.0
+        if length2 > 0.0:
+            t = ((px - ax) * dx + (py - ay) * dy) / length2
+            t = min(max(t, 0.0), 1.0)
+        ex, ey = ax + t * dx - px, ay + t * dy - py
+        best = min(best, ex * ex + ey * ey)
+    return odd, best
+
+
+@numba.njit(cache=True, inline="always")
 def rings_scan(
     px: float, py: float, p: np.int64, ring_start: I64, coord_start: I64, xs: F64, ys: F64
 ) -> tuple[bool, float]:  # fmt: skip
@@ -233,18 +256,9 @@ def rings_scan(
     inside = False
     best = np.inf
     for ring in range(ring_start[p], ring_start[p + 1]):
-        for k in range(coord_start[ring], coord_start[ring + 1] - 1):
-            ax, ay, bx, by = xs[k], ys[k], xs[k + 1], ys[k + 1]
-            if (ay > py) != (by > py) and px < ax + (py - ay) * (bx - ax) / (by - ay):
-                inside = not inside
-            dx, dy = bx - ax, by - ay
-            length2 = dx * dx + dy * dy
-            t = 0.0
-            if length2 > 0.0:
-                t = ((px - ax) * dx + (py - ay) * dy) / length2
-                t = min(max(t, 0.0), 1.0)
-            ex, ey = ax + t * dx - px, ay + t * dy - py
-            best = min(best, ex * ex + ey * ey)
+        odd, d2 = ring_scan(px, py, coord_start[ring], coord_start[ring + 1], xs, ys)
+        inside ^= odd
+        best = min(best, d2)
     return inside, best
 
 

@@ -53,6 +53,8 @@ from geofence.grid import (
     _coarse_keys,
     _float32_map,
     _forward_distinct,
+    _piece_distance,
+    _piece_rows,
     child_keys_of,
     coarse_reach,
     f32_down,
@@ -69,10 +71,12 @@ from geofence.kernels import (
     EMPTY_KEY,
     KEY_BITS,
     LOAD,
+    FlatParts,
     HashTable,
     _hash,
     find,
     groups,
+    point_distance,
 )
 from geofence.policy import load_policy_text
 from geofence.reasons import Reason
@@ -1000,3 +1004,43 @@ def test_built_pieces_hand_the_kernels_their_own_coordinates(bundled: ZoneSet) -
     assert any(a is flat.xy for a in grid._packed)
     assert np.shares_memory(flat.xy, flat.xs) and np.shares_memory(flat.xy, flat.ys)
     assert flat.xy.shape == (2, len(flat.xs)) and flat.xy.flags.c_contiguous
+
+
+def test_piece_rows_measure_every_kind_of_piece_as_point_distance() -> None:
+    """A piece's row (box, radius, reach, zone, coordinates' span) gives the distance
+    `point_distance` gives, on the fast path (one ring, a point) and the fallback (holes,
+    several rings, a ring over CODE_COUNT coordinates); rows start on cache lines."""
+    ring = np.column_stack([np.cos(t := np.linspace(0, 2 * np.pi, 70_000)), np.sin(t)]) * 500
+    geoms = np.array(
+        [
+            shapely.box(0, 0, 100, 60),
+            shapely.Point(30, -40),
+            shapely.box(-200, -200, 200, 200).difference(shapely.box(-50, -50, 50, 50)),
+            shapely.Polygon(ring[:-1]),  # over CODE_COUNT coordinates
+        ],
+        dtype=object,
+    )
+    flat = FlatParts.build(geoms)
+    part_zone = np.array([3, 0, 1, 2], dtype=np.int64)
+    radius, buffer = np.array([5.0, 0.0, 7.5, 0.0]), np.array([100.0, 150.0, 304.8, 50.0])
+    rows = _piece_rows(flat, part_zone, radius, buffer)
+    assert rows.ctypes.data % 64 == 0 and rows.shape == (4, grid_module.ROW_WIDTH)
+    assert rows[:, grid_module.ROW_ZONE].tolist() == part_zone.tolist()
+    assert rows[:, grid_module.ROW_R].tolist() == radius[part_zone].tolist()
+    assert rows[:, grid_module.ROW_REACH].tolist() == (radius + buffer)[part_zone].tolist()
+    assert rows[:, :4].tolist() == shapely.bounds(geoms).tolist()
+    code = rows[:, grid_module.ROW_CODE]
+    assert (code >= 0).tolist() == [True, True, False, False]  # the hole, the huge ring: -1
+    first = flat.coord_start[flat.ring_start[:2]]
+    count = np.diff(flat.coord_start[flat.ring_start[:3]])
+    assert code[:2].tolist() == (first * 2.0**grid_module.CODE_SHIFT + count).tolist()
+    rng = np.random.default_rng(3)
+    points = np.vstack([rng.uniform(-600, 600, (400, 2)), [[0, 0], [10, 10], [100, 30]]])
+    for p in range(len(geoms)):
+        for x, y in points:
+            want = point_distance(
+                x, y, p, flat.is_point, flat.ring_start, flat.coord_start, flat.xs, flat.ys
+            )[0]
+            got = _piece_distance(x, y, p, rows, flat.ring_start, flat.coord_start, flat.xs,
+                                  flat.ys)  # fmt: skip
+            assert got == want, (p, x, y)

@@ -297,9 +297,6 @@ class GridIndex:
             *self.sub.packed()[1:],
             self.coarse.array,
             self.coarse_clearance,
-            exact.part_zone,
-            np.ascontiguousarray(np.column_stack([exact.radius_m, exact.buffer_m])),
-            fl.is_point,
             fl.ring_start,
             fl.coord_start,
             fl.xy,
@@ -495,8 +492,7 @@ def _centre_offsets(x: float, y: float, row: np.int64, col: np.int64) -> tuple[f
 def _settle(
     dl: float, dt: float, a: float, slot: np.int64,
     ints: I64, floats: F32, entries: I64, combos: F32,
-    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xs: F64,
-    ys: F64, prow: F64,
+    ring_start: I64, coord_start: I64, xs: F64, ys: F64, prow: F64,
 ) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
     """(kind, zone, settled) for one point from its cell's list, ranked as ExactIndex ranks.
 
@@ -610,8 +606,7 @@ def _grid_kernel(
     lon: F64, lat: F64, acc: F64, forced: F64, far: F64,
     f_table: I64, f_ints: I64, f_floats: F32, f_entries: I64, f_combos: F32,
     sub_base: I32, s_ints: I64, s_floats: F32, s_entries: I64, s_combos: F32,
-    c_table: I64, c_clear: F64,
-    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
+    c_table: I64, c_clear: F64, ring_start: I64, coord_start: I64, xy: F64,
     prow: F64, out_kind: I8, out_zone: I32, out_todo: B,
 ) -> None:  # fmt: skip
     """Decide each point from the tables, or flag it for the exact index."""
@@ -727,7 +722,7 @@ def _grid_kernel(
             dl, dt = _centre_offsets(x, y, row, col)
             kind, zone, settled = _settle(
                 dl, dt, a, slot, s_ints, s_floats, s_entries, f_combos,
-                part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, prow,
+                ring_start, coord_start, xs, ys, prow,
             )  # fmt: skip
         else:
             state = f_ints[slot, 0]
@@ -744,7 +739,7 @@ def _grid_kernel(
             dl, dt = _centre_offsets(x, y, row, col)
             kind, zone, settled = _settle(
                 dl, dt, a, slot, f_ints, f_floats, f_entries, f_combos,
-                part_zone, zone_m, is_point, ring_start, coord_start, xs, ys, prow,
+                ring_start, coord_start, xs, ys, prow,
             )  # fmt: skip
         if settled:
             out_kind[i] = kind
@@ -773,7 +768,7 @@ PRESENCE_BLOCK = 4096  # points a block when presence is asked for (see GridInde
 _TABLE_FIELDS = (
     "forced", "far", "f_table", "f_ints", "f_floats", "f_entries", "f_combos",
     "sub_base", "s_ints", "s_floats", "s_entries", "s_combos", "c_table", "c_clear",
-    "part_zone", "zone_m", "is_point", "ring_start", "coord_start", "xy", "prow",
+    "ring_start", "coord_start", "xy", "prow",
     "one_point", "one_kind", "one_zone", "one_todo",
 )  # fmt: skip
 
@@ -860,7 +855,7 @@ def _new_tables(*arrays: npt.NDArray[np.generic]) -> _Tables:
 
 
 # The batch kernel built to be inlined into grid_one (and grid_presence into _presence_of_one):
-# a call that hands over 27 arrays costs ~0.15 us more than the same code inlined.
+# a call that hands over the kernel's two dozen arrays costs ~0.15 us more than inlined code.
 _grid_kernel_inline = numba.njit(cache=True, inline="always")(_grid_kernel)
 
 
@@ -874,7 +869,7 @@ def grid_one(lon: float, lat: float, acc: float, t: _Tables) -> np.int64:
         point[0:1], point[1:2], point[2:3], t.forced, t.far,
         t.f_table, t.f_ints, t.f_floats, t.f_entries, t.f_combos,
         t.sub_base, t.s_ints, t.s_floats, t.s_entries, t.s_combos,
-        t.c_table, t.c_clear, t.part_zone, t.zone_m, t.is_point, t.ring_start, t.coord_start,
+        t.c_table, t.c_clear, t.ring_start, t.coord_start,
         t.xy, t.prow, kind, zone, todo,
     )  # fmt: skip
     if todo[0]:
@@ -887,8 +882,7 @@ def grid_presence(
     lon: F64, lat: F64, acc: F64, points: I64, center_only: bool, forced: F64, far: F64,
     f_table: I64, f_ints: I64, f_floats: F32, f_entries: I64, f_combos: F32,
     sub_base: I32, s_ints: I64, s_floats: F32, s_entries: I64, s_combos: F32,
-    c_table: I64, c_clear: F64,
-    part_zone: I64, zone_m: F64, is_point: B, ring_start: I64, coord_start: I64, xy: F64,
+    c_table: I64, c_clear: F64, ring_start: I64, coord_start: I64, xy: F64,
     prow: F64,
 ) -> tuple[I64, I64, B]:  # fmt: skip
     """Presence pairs (point, zone) of the given points from their cells' lists.
@@ -991,7 +985,7 @@ def _presence_of_one(
         t.forced, t.far,
         t.f_table, t.f_ints, t.f_floats, t.f_entries, t.f_combos,
         t.sub_base, t.s_ints, t.s_floats, t.s_entries, t.s_combos,
-        t.c_table, t.c_clear, t.part_zone, t.zone_m, t.is_point, t.ring_start, t.coord_start,
+        t.c_table, t.c_clear, t.ring_start, t.coord_start,
         t.xy, t.prow,
     )  # fmt: skip
     # A zone repeats where it has pieces in several tiles. Lists are short: a quadratic scan,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from geofence.engine import MAX_DEVICE_ID, _device_id
 from geofence.presence import distinct
 from geofence.presence.base import as_keys
-from geofence.presence.distinct import distinct_ids, pack_ids
+from geofence.presence.distinct import PackedIds, distinct_ids, pack_ids
 from geofence.presence.keyhash import DeviceHasher
 
 SECRET = b"0123456789abcdef-test-secret"
@@ -30,6 +31,26 @@ def unpacked(blob: np.ndarray, start: np.ndarray, length: np.ndarray) -> list[st
     raw = blob.tobytes()
     spans = zip(start.tolist(), length.tolist(), strict=True)
     return [raw[a : a + n].decode("ascii") for a, n in spans]
+
+
+needs_c_packer = pytest.mark.skipif(
+    distinct._pack_ascii is None, reason="the C extension geofence.presence._ids is not built"
+)
+
+
+def packers() -> list[Callable[[list[object], int], PackedIds | None]]:
+    """The ways ids are packed here: the C pass where built, and the Python passes."""
+    return [distinct._pack] + ([distinct._packed] if distinct._pack_ascii is not None else [])
+
+
+@pytest.fixture(params=["c", "python"])
+def packer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`pack_ids` by the C pass, then by the Python passes (the install without a compiler)."""
+    if request.param == "c" and distinct._pack_ascii is None:
+        pytest.skip("the C extension geofence.presence._ids is not built")
+    if request.param == "python":
+        monkeypatch.setattr(distinct, "_pack_ascii", None)
+    return str(request.param)
 
 
 def assert_distinct_is_factorize(seq: list[str], rows: np.ndarray) -> None:
@@ -60,7 +81,7 @@ def assert_distinct_is_factorize(seq: list[str], rows: np.ndarray) -> None:
         np.str_("ifa-numpy"),  # a str subclass: the general path keeps its str()
     ],
 )
-def test_a_batch_with_any_other_kind_of_id_is_not_packed(odd: object) -> None:
+def test_a_batch_with_any_other_kind_of_id_is_not_packed(odd: object, packer: str) -> None:
     assert pack_ids(["ifa-1", odd, "ifa-2"], MAX_DEVICE_ID) is None
     assert pack_ids([odd], MAX_DEVICE_ID) is None
     assert pack_ids([], MAX_DEVICE_ID) is None
@@ -72,12 +93,71 @@ ascii_ids = st.text(st.characters(max_codepoint=127), max_size=MAX_DEVICE_ID + 3
 @settings(max_examples=400, deadline=None)
 @given(seq=st.lists(ascii_ids, min_size=1, max_size=40))
 def test_packing_accepts_exactly_the_ids_the_general_path_finds_valid(seq: list[str]) -> None:
-    """Packed when every id is valid by `_device_id` (and then each unpacks to itself)."""
-    packed = pack_ids(list(seq), MAX_DEVICE_ID)
+    """Packed when every id is valid by `_device_id` (and then each unpacks to itself), by the
+    C pass and by the Python passes alike."""
     valid = all(_device_id(d) == (d, False) for d in seq) and all("\0" not in d for d in seq)
-    assert (packed is not None) == valid
-    if packed is not None:
-        assert unpacked(packed.blob, packed.start, packed.length) == seq
+    for pack in packers():
+        packed = pack(list(seq), MAX_DEVICE_ID)
+        assert (packed is not None) == valid
+        if packed is not None:
+            assert unpacked(packed.blob, packed.start, packed.length) == seq
+
+
+class Text(str):
+    """A str subclass whose str() differs from its text."""
+
+    def __str__(self) -> str:
+        return "other"
+
+
+any_id = st.one_of(
+    ascii_ids,
+    st.text(max_size=12),  # non-ASCII, surrogates
+    st.sampled_from(["", " ", "\x1c", "a\0", "x" * MAX_DEVICE_ID, "y" * (MAX_DEVICE_ID + 1)]),
+    st.builds(Text, st.text("ab", min_size=1, max_size=3)),
+    st.builds(np.str_, st.text("ab", min_size=1, max_size=3)),
+    st.sampled_from([None, 5, b"ifa", 1.5]),
+)
+
+
+@needs_c_packer
+@settings(max_examples=500, deadline=None)
+@given(seq=st.lists(any_id, min_size=1, max_size=30), max_len=st.sampled_from([1, 7, 256]))
+def test_the_c_pass_packs_exactly_what_the_python_passes_pack(
+    seq: list[object], max_len: int
+) -> None:
+    """The same batches refused, and the same ids out of those taken: the C pass replaces the
+    Python ones wherever it is built, so they must never differ."""
+    by_c = distinct._packed(seq, max_len)
+    by_python = distinct._pack(seq, max_len)
+    assert (by_c is None) == (by_python is None)
+    if by_c is not None and by_python is not None:
+        assert unpacked(by_c.blob, by_c.start, by_c.length) == seq
+        assert unpacked(by_python.blob, by_python.start, by_python.length) == seq
+
+
+@needs_c_packer
+def test_the_c_pass_grows_its_output_past_its_first_guess() -> None:
+    """It guesses 40 bytes an id and doubles from there: ids of every length up to the
+    maximum, long ones first, come back whole."""
+    seq = [chr(33 + i % 90) * (MAX_DEVICE_ID - i % MAX_DEVICE_ID) for i in range(3 * MAX_DEVICE_ID)]
+    packed = distinct._packed(seq, MAX_DEVICE_ID)
+    assert packed is not None
+    assert unpacked(packed.blob, packed.start, packed.length) == seq
+    assert packed.blob.size == sum(map(len, seq))
+    assert packed.blob.flags.writeable
+
+
+@needs_c_packer
+def test_the_c_pass_checks_its_arguments() -> None:
+    assert distinct._pack_ascii is not None
+    start = np.empty(2, dtype=np.int64)
+    with pytest.raises(ValueError, match="8 bytes"):
+        distinct._pack_ascii(["a", "b"], 5, start, np.empty(1, dtype=np.int64))
+    with pytest.raises(TypeError):
+        distinct._pack_ascii(iter(["a", "b"]), 5, start, start)  # type: ignore[arg-type]
+    with pytest.raises(BufferError):  # read-only
+        distinct._pack_ascii(["a", "b"], 5, bytes(16), start)  # type: ignore[arg-type]
 
 
 @settings(max_examples=200, deadline=None)

@@ -48,6 +48,39 @@ def groups(keys: I64) -> Iterator[tuple[int, I64]]:
         yield int(ordered[a]), order[a:b]
 
 
+@numba.njit(cache=True, nogil=True)
+def unique_in_runs(a: I64, b: I64) -> tuple[I64, I64]:
+    """The distinct pairs (a[i], b[i]) ordered by a then b, where a is non-decreasing already:
+    each run of equal a's b values sorted by insertion, repeats dropped.
+
+    Why: presence pairs come grouped by point, a few zones each; sorting them all again
+    (np.unique) took ~4 ms for the 31k pairs of 200k points at 50,000 zones, this ~0.1 ms.
+    """
+    n = len(a)
+    out_a = np.empty(n, dtype=np.int64)
+    out_b = np.empty(n, dtype=np.int64)
+    m = 0
+    i = 0
+    while i < n:
+        run = m  # this run's values are out_b[run:m], ascending
+        j = i
+        while j < n and a[j] == a[i]:
+            v = b[j]
+            q = m
+            while q > run and out_b[q - 1] > v:
+                q -= 1
+            j += 1
+            if q > run and out_b[q - 1] == v:
+                continue  # a repeat
+            for r in range(m, q, -1):
+                out_b[r] = out_b[r - 1]
+            out_b[q] = v
+            out_a[m] = a[i]
+            m += 1
+        i = j
+    return out_a[:m], out_b[:m]
+
+
 # --- a static open-addressing hash table of int64 keys -----------------------------------------
 
 

@@ -12,7 +12,7 @@ import pyproj
 import pytest
 import shapely
 from conftest import BUNDLED_ZONES
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofence.categories import Category
@@ -368,12 +368,28 @@ def test_oracle_on_london_places_of_worship(shared_data: Path) -> None:
 _INDEX = st.integers(0, 2**31 - 1) | st.integers(0, 5)  # small ones repeat
 
 
+@settings(deadline=None)  # the first example loads the compiled pass
 @given(st.lists(st.tuples(_INDEX, _INDEX), max_size=60))
 def test_unique_pairs_are_uniques_rows(pairs: list[tuple[int, int]]) -> None:
     """unique_pairs gives what np.unique(..., axis=0) gives of the two columns, in its order."""
+    assert_unique_pairs_are_uniques_rows(pairs)
+
+
+def assert_unique_pairs_are_uniques_rows(pairs: list[tuple[int, int]]) -> None:
     a = np.array([p[0] for p in pairs], dtype=np.int64)
     b = np.array([p[1] for p in pairs], dtype=np.int64)
     got_a, got_b = unique_pairs(a, b)
     want = np.unique(np.column_stack([a, b]).reshape(-1, 2), axis=0)
     assert got_a.dtype == got_b.dtype == np.int64
     assert got_a.tolist() == want[:, 0].tolist() and got_b.tolist() == want[:, 1].tolist()
+
+
+@settings(deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), _INDEX), max_size=80))
+def test_unique_pairs_of_pairs_ordered_by_point_are_uniques_rows(
+    pairs: list[tuple[int, int]],
+) -> None:
+    """Pairs already ordered by their first column (presence, point by point) take the pass
+    without a sort: the same rows, in the same order, as np.unique(..., axis=0)."""
+    # By point only: each point's zones in any order, repeated.
+    assert_unique_pairs_are_uniques_rows(sorted(pairs, key=lambda p: p[0]))

@@ -33,7 +33,7 @@ from geofence.index import KIND_CLEAR, KIND_INSIDE
 from geofence.openrtb import InvalidBidRequest, parse_bid_request
 from geofence.presence.base import Digests, PresenceStore, as_keys
 from geofence.presence.blocks import block_ends, fold_events
-from geofence.presence.distinct import PackedIds, distinct_ids, pack_ids
+from geofence.presence.distinct import IdBatch, PackedIds, distinct_ids, pack_ids
 from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import MemoryStore
 from geofence.presence.url import open_store, secret_bytes
@@ -821,7 +821,7 @@ class Engine:
         return BatchDecision(allowed, reason, zone, category, until, zs.version, zs.ids)
 
     def _distinct_keys(
-        self, ids: list[str | None], packed: PackedIds | None, has_id: npt.NDArray[np.intp]
+        self, ids: IdBatch, packed: PackedIds | None, has_id: npt.NDArray[np.intp]
     ) -> tuple[npt.NDArray[np.intp], Digests]:
         """(dev, digests): dev[j] is the distinct device of request has_id[j], digests[d] its
         key (a row of 32 bytes: the store reads a batch's keys as one array).
@@ -843,7 +843,7 @@ class Engine:
     def _history(
         self,
         zs: ZoneSet,
-        ids: list[str | None],
+        ids: IdBatch,
         packed: PackedIds | None,
         at: F64,
         ok: npt.NDArray[np.intp],
@@ -1140,7 +1140,7 @@ def _sources(source: Any, n: int) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.
 
 def _device_ids(
     device_ids: Any, n: int
-) -> tuple[list[str | None], npt.NDArray[np.bool_], PackedIds | None]:
+) -> tuple[IdBatch, npt.NDArray[np.bool_], PackedIds | None]:
     """The ids (None for none), which are malformed, and the ids packed when every one is a
     valid ASCII id; `_device_id` says what counts as what."""
     bad = np.zeros(n, dtype=bool)
@@ -1150,11 +1150,12 @@ def _device_ids(
         device_ids = [device_ids] * n if n == 1 else None
     if not isinstance(device_ids, np.ndarray | list | tuple) or len(device_ids) != n:
         return [None] * n, np.ones(n, dtype=bool), None
-    seq = device_ids.tolist() if isinstance(device_ids, np.ndarray) else list(device_ids)
-    # The usual batch, plain ASCII ids: checked by the compiled pass that packs them.
-    packed = pack_ids(seq, MAX_DEVICE_ID)
+    # The usual batch, plain ASCII ids: checked by the compiled pass that packs them, which
+    # reads a list, a tuple or an array of objects as it is. Only the general path copies.
+    packed = pack_ids(device_ids, MAX_DEVICE_ID)
     if packed is not None:
-        return seq, bad, packed
+        return device_ids, bad, packed
+    seq = device_ids.tolist() if isinstance(device_ids, np.ndarray) else list(device_ids)
     # Else every id plain valid text (non-ASCII), checked in a few C-level passes instead of a
     # Python call per id (lone surrogates anywhere make the joined text fail to encode).
     if (

@@ -130,10 +130,33 @@ def test_the_c_pass_packs_exactly_what_the_python_passes_pack(
     Python ones wherever it is built, so they must never differ."""
     by_c = distinct._packed(seq, max_len)
     by_python = distinct._pack(seq, max_len)
-    assert (by_c is None) == (by_python is None)
-    if by_c is not None and by_python is not None:
+    by_c_of_array = distinct._packed(object_array(seq), max_len)  # read in place
+    assert (by_c is None) == (by_python is None) == (by_c_of_array is None)
+    if by_c is not None and by_python is not None and by_c_of_array is not None:
         assert unpacked(by_c.blob, by_c.start, by_c.length) == seq
         assert unpacked(by_python.blob, by_python.start, by_python.length) == seq
+        assert unpacked(by_c_of_array.blob, by_c_of_array.start, by_c_of_array.length) == seq
+
+
+def object_array(seq: list[object]) -> np.ndarray:
+    out = np.empty(len(seq), dtype=object)
+    out[:] = seq
+    return out
+
+
+def test_arrays_of_ids_pack_as_their_lists(packer: str) -> None:
+    """An array of objects (read in place by the C pass), a strided view of one and an array of
+    fixed-width text (both made lists first) pack as their tolist() does."""
+    seq = [f"ifa-{i}" for i in range(50)]
+    whole = object_array(seq)
+    for ids in (whole, whole[::3], np.array(seq), np.array(seq)[::-1], tuple(seq)):
+        packed = pack_ids(ids, MAX_DEVICE_ID)
+        assert packed is not None
+        assert unpacked(packed.blob, packed.start, packed.length) == list(ids)
+    odd = whole.copy()
+    odd[7] = np.str_("ifa-7")  # a str subclass, as in a list: the general path
+    assert pack_ids(odd, MAX_DEVICE_ID) is None
+    assert pack_ids(whole.reshape(5, 10), MAX_DEVICE_ID) is None  # 2-D: rows are not ids
 
 
 @needs_c_packer
@@ -157,7 +180,12 @@ def test_the_c_pass_checks_its_arguments() -> None:
     with pytest.raises(TypeError):
         distinct._pack_ascii(iter(["a", "b"]), 5, start, start)  # type: ignore[arg-type]
     with pytest.raises(BufferError):  # read-only
-        distinct._pack_ascii(["a", "b"], 5, bytes(16), start)  # type: ignore[arg-type]
+        distinct._pack_ascii(["a", "b"], 5, bytes(16), start)
+    strided = object_array(["a", "b", "c", "d"])[::2]
+    with pytest.raises(TypeError):  # an array is read in place only when contiguous
+        distinct._pack_ascii(strided, 5, start, start)
+    with pytest.raises(TypeError):
+        distinct._pack_ascii(np.zeros(2), 5, start, start)  # type: ignore[arg-type]
 
 
 @settings(max_examples=200, deadline=None)

@@ -36,11 +36,46 @@ static int packable(PyObject *s, Py_ssize_t max_len) {
     return 0;
 }
 
+/* The items of a 1-D, C-contiguous NumPy array of objects, read from its
+ * __array_interface__ (numpy's headers are not needed to build this module); NULL, with no
+ * exception set, if `array` is not one. The array's item pointers stay valid while it lives
+ * and no Python code runs (the caller holds a reference and the GIL). */
+static PyObject **object_items(PyObject *array, Py_ssize_t *n) {
+    PyObject *face = PyObject_GetAttrString(array, "__array_interface__");
+    if (face == NULL || !PyDict_Check(face)) {
+        PyErr_Clear();
+        Py_XDECREF(face);
+        return NULL;
+    }
+    PyObject **items = NULL;
+    PyObject *typestr = PyDict_GetItemString(face, "typestr");
+    PyObject *shape = PyDict_GetItemString(face, "shape");
+    PyObject *strides = PyDict_GetItemString(face, "strides");
+    PyObject *data = PyDict_GetItemString(face, "data");
+    if (typestr != NULL && PyUnicode_Check(typestr) &&
+        PyUnicode_CompareWithASCIIString(typestr, "|O") == 0 && shape != NULL &&
+        PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) == 1 &&
+        (strides == NULL || strides == Py_None) && data != NULL && PyTuple_Check(data) &&
+        PyTuple_GET_SIZE(data) == 2) {
+        Py_ssize_t count = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, 0));
+        void *address = PyLong_AsVoidPtr(PyTuple_GET_ITEM(data, 0));
+        if (PyErr_Occurred() || count < 0 || (address == NULL && count > 0)) {
+            PyErr_Clear();
+        } else {
+            *n = count;
+            items = (PyObject **)address;
+        }
+    }
+    Py_DECREF(face);
+    return items;
+}
+
 /* pack_ascii(ids, max_len, start, length) -> bytearray | None
  *
- * ids: a list or tuple. start, length: writable buffers of len(ids) int64 each, filled with
- * each id's offset and length in the returned bytes (the ids back to back). None, with the
- * buffers' contents unspecified, unless every id is `packable`.
+ * ids: a list, a tuple, or a 1-D C-contiguous NumPy array of objects (read in place: its
+ * tolist() took a quarter of the time this saves). start, length: writable buffers of
+ * len(ids) int64 each, filled with each id's offset and length in the returned bytes (the ids
+ * back to back). None, with the buffers' contents unspecified, unless every id is `packable`.
  */
 static PyObject *pack_ascii(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
@@ -49,8 +84,14 @@ static PyObject *pack_ascii(PyObject *module, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     PyObject *seq = args[0];
-    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
-        PyErr_SetString(PyExc_TypeError, "pack_ascii takes a list or a tuple of ids");
+    Py_ssize_t n = 0;
+    PyObject **items;
+    if (PyList_Check(seq) || PyTuple_Check(seq)) {
+        n = PySequence_Fast_GET_SIZE(seq);
+        items = PySequence_Fast_ITEMS(seq);
+    } else if ((items = object_items(seq, &n)) == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "pack_ascii takes a list, a tuple or a 1-D array of objects");
         return NULL;
     }
     Py_ssize_t max_len = PyLong_AsSsize_t(args[1]);
@@ -64,8 +105,6 @@ static PyObject *pack_ascii(PyObject *module, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     PyObject *result = NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
     if (start.len != n * (Py_ssize_t)sizeof(int64_t) ||
         length.len != n * (Py_ssize_t)sizeof(int64_t)) {
         PyErr_SetString(PyExc_ValueError, "start and length need 8 bytes an id");
@@ -87,7 +126,7 @@ static PyObject *pack_ascii(PyObject *module, PyObject *const *args, Py_ssize_t 
             __builtin_prefetch((const char *)ahead + 64);
         }
         PyObject *s = items[i];
-        if (!packable(s, max_len)) {
+        if (s == NULL || !packable(s, max_len)) {
             Py_SETREF(result, Py_NewRef(Py_None));
             goto done;
         }
@@ -115,7 +154,8 @@ done:
 static PyMethodDef ids_methods[] = {
     {"pack_ascii", (PyCFunction)(void (*)(void))pack_ascii, METH_FASTCALL,
      "pack_ascii(ids, max_len, start, length, /) -> bytearray | None\n--\n\n"
-     "The ids back to back, their offsets and lengths written to start and length (int64),\n"
+     "The ids (a list, a tuple or a 1-D array of objects) back to back, their offsets and\n"
+     "lengths written to start and length (int64),\n"
      "or None unless every id is a plain str of 1 to max_len ASCII characters, with no NUL,\n"
      "not only whitespace."},
     {NULL, NULL, 0, NULL},

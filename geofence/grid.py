@@ -492,7 +492,7 @@ def _centre_offsets(x: float, y: float, row: np.int64, col: np.int64) -> tuple[f
 def _settle(
     dl: float, dt: float, a: float, slot: np.int64,
     ints: I64, floats: F32, entries: I64, combos: F32,
-    ring_start: I64, coord_start: I64, xs: F64, ys: F64, prow: F64,
+    ring_start: I64, coord_start: I64, xs: F64, ys: F64, prow: F64, fetch: bool,
 ) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
     """(kind, zone, settled) for one point from its cell's list, ranked as ExactIndex ranks.
 
@@ -505,12 +505,13 @@ def _settle(
     if not a <= floats[slot, 2]:
         return np.int8(KIND_CLEAR), np.int32(-1), False
     begin, end = ints[slot, 3], ints[slot, 4]
-    # Each piece's row, frame and coordinates asked for at once, so their waits overlap (in a
-    # batch the kernel has asked for them already, and they are at hand).
-    for e in range(begin, end):
-        p = entries[e, 0]
-        prefetch(combos, entries[e, 1])
-        _prefetch_coords(prow[p, ROW_CODE], xs, ys)
+    # Each piece's row, frame and coordinates asked for at once, so their waits overlap; not
+    # where the batch kernel's stages asked for them already (fetch False).
+    if fetch:
+        for e in range(begin, end):
+            p = entries[e, 0]
+            prefetch(combos, entries[e, 1])
+            _prefetch_coords(prow[p, ROW_CODE], xs, ys)
     best_inside = False
     best_zone = np.int32(-1)
     best_excess = np.inf
@@ -685,9 +686,11 @@ def _grid_kernel(
             continue
         row = _clamp(np.int64(np.floor((y + 90.0) * FINE_PER_DEG)), 0, FINE_ROWS)
         col = np.int64(np.floor((x + 180.0) * FINE_PER_DEG)) % FINE_COLS
+        marked = False  # whether the stages asked for its list's pieces
         if i < 2 * AHEAD or staged == 0:
             slot = find(f_table, f_size, row * FINE_COLS + col)
         else:
+            marked = bool(found <= -2)
             slot = found if found >= -1 else -2 - found  # unmarked
         if slot < 0:
             if a <= far_clearance:
@@ -722,7 +725,7 @@ def _grid_kernel(
             dl, dt = _centre_offsets(x, y, row, col)
             kind, zone, settled = _settle(
                 dl, dt, a, slot, s_ints, s_floats, s_entries, f_combos,
-                ring_start, coord_start, xs, ys, prow,
+                ring_start, coord_start, xs, ys, prow, True,
             )  # fmt: skip
         else:
             state = f_ints[slot, 0]
@@ -739,7 +742,7 @@ def _grid_kernel(
             dl, dt = _centre_offsets(x, y, row, col)
             kind, zone, settled = _settle(
                 dl, dt, a, slot, f_ints, f_floats, f_entries, f_combos,
-                ring_start, coord_start, xs, ys, prow,
+                ring_start, coord_start, xs, ys, prow, not marked,
             )  # fmt: skip
         if settled:
             out_kind[i] = kind

@@ -335,27 +335,45 @@ class GridIndex:
         ex = self.exact
         # Presence: every zone the circle reaches, from the cells' lists where they can tell,
         # else from the exact index. A point the grid clears has none (its circle misses every
-        # zone by its buffer). With presence, a block at a time: presence reads the rows the
-        # kernel just read for the same points, still in the CPU's caches.
+        # zone by its buffer). The kernel tells the presence of the points it settles by a list
+        # (most of them) as it reads the list; grid_presence tells the rest, a block at a time,
+        # while the rows the kernel read for the same points are still in the CPU's caches.
         block = max(n, 1) if need_presence is None else PRESENCE_BLOCK
         points: list[I64] = []
         zones: list[I64] = []
+        if need_presence is None:
+            want, _, pairs, ask_out = NO_PRESENCE
+        else:
+            want = np.ascontiguousarray(need_presence, dtype=np.bool_)
+            # Room for a few pairs a point (50k zones: ~0.7 a point asked); lists that would
+            # not fit are told by grid_presence instead. Reused by every block.
+            pairs = np.empty((PRESENCE_PAIRS_PER_POINT * min(block, n), 2), dtype=np.int64)
+            ask_out = np.empty(n, dtype=np.bool_)
         for a in range(0, n, block):
             b = min(a + block, n)
             kernel = grid_kernel if b - a >= NOGIL_MIN_POINTS else grid_kernel_gil
-            kernel(lon[a:b], lat[a:b], acc[a:b], *self._packed, kind[a:b], zone[a:b],
-                   todo[a:b])  # fmt: skip
+            m = kernel(
+                lon[a:b], lat[a:b], acc[a:b], *self._packed, kind[a:b], zone[a:b], todo[a:b],
+                want[a:b], presence_center_only, pairs, ask_out[a:b],
+            )  # fmt: skip
             if need_presence is None:
                 continue
-            ask = np.flatnonzero(need_presence[a:b] & (kind[a:b] != KIND_CLEAR) & ~todo[a:b])
-            if ask.size:
-                ask = ask.astype(np.int64, copy=False) + a
-                block_point, block_zone, unsure = grid_presence(
-                    lon, lat, acc, ask, presence_center_only, *self._packed
-                )
-                todo[ask[unsure]] = True
-                points.append(block_point)
-                zones.append(block_zone)
+            told = pairs[:m, 0] + a, pairs[:m, 1].copy()
+            ask = np.flatnonzero(ask_out[a:b] & (kind[a:b] != KIND_CLEAR) & ~todo[a:b])
+            if not ask.size:
+                points.append(told[0])
+                zones.append(told[1])
+                continue
+            ask = ask.astype(np.int64, copy=False) + a
+            block_point, block_zone, unsure = grid_presence(
+                lon, lat, acc, ask, presence_center_only, *self._packed
+            )
+            todo[ask[unsure]] = True
+            # Both in point order; merged so, for unique_pairs (a stable sort of two runs).
+            block_point = np.concatenate([told[0], block_point])
+            order = np.argsort(block_point, kind="stable")
+            points.append(block_point[order])
+            zones.append(np.concatenate([told[1], block_zone])[order])
         grid_point = grid_zone = np.empty(0, dtype=np.int64)
         if points:
             grid_point, grid_zone = np.concatenate(points), np.concatenate(zones)
@@ -493,18 +511,27 @@ def _settle(
     dl: float, dt: float, a: float, slot: np.int64,
     ints: I64, floats: F32, entries: I64, combos: F32,
     ring_start: I64, coord_start: I64, xs: F64, ys: F64, prow: F64, fetch: bool,
-) -> tuple[np.int8, np.int32, bool]:  # fmt: skip
-    """(kind, zone, settled) for one point from its cell's list, ranked as ExactIndex ranks.
+    point: np.int64, present: bool, center_only: bool, pairs: I64, m: np.int64,
+) -> tuple[np.int8, np.int32, bool, np.int64]:  # fmt: skip
+    """(kind, zone, settled, m) for one point from its cell's list, ranked as ExactIndex ranks.
 
     (dl, dt): the point's offsets from its fine cell's centre (`_centre_offsets`).
 
     A piece's bounding box bounds its distance from below, so most pieces are passed over
     without measuring: those out of reach, and, once a zone is found, those that cannot outrank
     it (the ranking, and so the zone named, stay ExactIndex's).
+
+    With `present`, the point's presence pairs (point, zone) are written from pairs[m] on (the
+    caller leaves room for the whole list) and m returned past them: the pairs grid_presence
+    gives, with the same arithmetic, so the pieces in presence reach are measured even where
+    they cannot outrank the zone found. None for a clear point.
     """
     if not a <= floats[slot, 2]:
-        return np.int8(KIND_CLEAR), np.int32(-1), False
+        return np.int8(KIND_CLEAR), np.int32(-1), False, m
     begin, end = ints[slot, 3], ints[slot, 4]
+    first = m
+    # grid_presence's presence clearance: no listed piece's area is within this point's reach.
+    present = present and not (0.0 if center_only else a) <= floats[slot, 0]
     # Each piece's row, frame and coordinates asked for at once, so their waits overlap; not
     # where the batch kernel's stages asked for them already (fetch False).
     if fetch:
@@ -530,15 +557,32 @@ def _settle(
         box2 = bx * bx + by * by
         if box2 > reach * reach:
             continue  # out of reach of the box, so of the piece: neither inside nor near
+        # Presence's limit, as grid_presence computes it (r + a <= reach: within reach).
+        presence_limit = (r if center_only else r + a) * FRAME_STRETCH + tol
+        measure = present and box2 <= presence_limit * presence_limit
         if best_zone >= 0:
             lower = np.sqrt(box2)
             may_inside = box2 <= inside_reach * inside_reach
             if best_inside:
-                if not may_inside or lower - r > best_excess:
-                    continue
-            elif not may_inside and lower - limit > best_excess:
+                outranked = not may_inside or lower - r > best_excess
+            else:
+                outranked = not may_inside and lower - limit > best_excess
+            if outranked:
+                # Measured for presence only: the ranking never sees it, as without presence.
+                if (
+                    measure
+                    and _piece_distance(x, y, p, prow, ring_start, coord_start, xs, ys)
+                    <= presence_limit
+                ):
+                    pairs[m, 0] = point
+                    pairs[m, 1] = np.int64(prow[p, ROW_ZONE])
+                    m += 1
                 continue
         d = _piece_distance(x, y, p, prow, ring_start, coord_start, xs, ys)
+        if measure and d <= presence_limit:
+            pairs[m, 0] = point
+            pairs[m, 1] = np.int64(prow[p, ROW_ZONE])
+            m += 1
         inside = d <= inside_reach
         if not (inside or d <= reach):
             continue
@@ -550,8 +594,8 @@ def _settle(
         ):
             best_inside, best_zone, best_excess = inside, z, excess
     if best_zone < 0:
-        return np.int8(KIND_CLEAR), best_zone, True
-    return (np.int8(KIND_INSIDE) if best_inside else np.int8(KIND_NEAR)), best_zone, True
+        return np.int8(KIND_CLEAR), best_zone, True, first  # clear: present nowhere
+    return (np.int8(KIND_INSIDE) if best_inside else np.int8(KIND_NEAR)), best_zone, True, m
 
 
 @numba.njit(cache=True, inline="always")
@@ -609,8 +653,18 @@ def _grid_kernel(
     sub_base: I32, s_ints: I64, s_floats: F32, s_entries: I64, s_combos: F32,
     c_table: I64, c_clear: F64, ring_start: I64, coord_start: I64, xy: F64,
     prow: F64, out_kind: I8, out_zone: I32, out_todo: B,
-) -> None:  # fmt: skip
-    """Decide each point from the tables, or flag it for the exact index."""
+    want: B, center_only: bool, pairs: I64, out_ask: B,
+) -> np.int64:  # fmt: skip
+    """Decide each point from the tables, or flag it for the exact index.
+
+    Presence, for the points `want` holds True (empty: none), as grid_presence tells it: the
+    points a list settles get their pairs (point, zone) in `pairs` (their count returned),
+    while reading the list anyway; the others not clear nor flagged keep out_ask True, for
+    grid_presence (those a cell's state settles, or whose list would overflow `pairs`). Why:
+    a second pass over the same lists cost ~a fifth of a batch with ids.
+    """
+    wanted = len(want) > 0
+    m = np.int64(0)  # pairs written
     f_size = np.int64(len(f_table))
     c_size = np.int64(len(c_table))
     # Views taken once: numba reference-counts every view it makes, which inside the loop cost
@@ -677,6 +731,10 @@ def _grid_kernel(
         out_kind[i] = KIND_CLEAR
         out_zone[i] = -1
         out_todo[i] = False
+        present = False
+        if wanted:
+            present = want[i]
+            out_ask[i] = present
         forced_here = False
         for k in range(n_forced):
             if forced[k, 0] <= x <= forced[k, 2] and forced[k, 1] <= y <= forced[k, 3]:
@@ -723,9 +781,13 @@ def _grid_kernel(
                 out_zone[i] = s_ints[slot, 2]
                 continue
             dl, dt = _centre_offsets(x, y, row, col)
-            kind, zone, settled = _settle(
+            tell = present and m + s_ints[slot, 4] - s_ints[slot, 3] <= len(pairs)
+            if tell:
+                out_ask[i] = False  # told here
+            kind, zone, settled, m = _settle(
                 dl, dt, a, slot, s_ints, s_floats, s_entries, f_combos,
                 ring_start, coord_start, xs, ys, prow, True,
+                i, tell, center_only, pairs, m,
             )  # fmt: skip
         else:
             state = f_ints[slot, 0]
@@ -740,15 +802,20 @@ def _grid_kernel(
                 out_zone[i] = f_ints[slot, 2]
                 continue
             dl, dt = _centre_offsets(x, y, row, col)
-            kind, zone, settled = _settle(
+            tell = present and m + f_ints[slot, 4] - f_ints[slot, 3] <= len(pairs)
+            if tell:
+                out_ask[i] = False  # told here
+            kind, zone, settled, m = _settle(
                 dl, dt, a, slot, f_ints, f_floats, f_entries, f_combos,
                 ring_start, coord_start, xs, ys, prow, not marked,
+                i, tell, center_only, pairs, m,
             )  # fmt: skip
         if settled:
             out_kind[i] = kind
             out_zone[i] = zone
         else:
             out_todo[i] = True
+    return m
 
 
 # Two builds of one kernel. Large batches release the GIL, so other threads run meanwhile. Small
@@ -759,6 +826,11 @@ grid_kernel = numba.njit(cache=True, nogil=True)(_grid_kernel)
 grid_kernel_gil = numba.njit(cache=True)(_grid_kernel)
 NOGIL_MIN_POINTS = 2048
 PRESENCE_BLOCK = 4096  # points a block when presence is asked for (see GridIndex.locate)
+PRESENCE_PAIRS_PER_POINT = 4  # the kernel's room for presence pairs (see GridIndex.locate)
+# The kernel's presence arguments when none is asked for: want, center_only, pairs, out_ask
+# (never written).
+_NO_WANT = np.zeros(0, dtype=np.bool_)
+NO_PRESENCE = (_NO_WANT, False, np.zeros((0, 2), dtype=np.int64), _NO_WANT)
 
 
 # --- the single-point path ---------------------------------------------------------------------
@@ -772,12 +844,13 @@ _TABLE_FIELDS = (
     "forced", "far", "f_table", "f_ints", "f_floats", "f_entries", "f_combos",
     "sub_base", "s_ints", "s_floats", "s_entries", "s_combos", "c_table", "c_clear",
     "ring_start", "coord_start", "xy", "prow",
-    "one_point", "one_kind", "one_zone", "one_todo",
+    "one_point", "one_kind", "one_zone", "one_todo", "one_want", "one_pairs",
 )  # fmt: skip
 
 
 def _scratch() -> tuple[npt.NDArray[np.generic], ...]:
-    """grid_one's point (lon, lat, accuracy) and results, made once per `_Tables`.
+    """grid_one's point (lon, lat, accuracy) and results, made once per `_Tables`; then no
+    presence asked (want, pairs: empty; out_ask, never written then, is `want`).
 
     Why: four arrays made per call cost ~0.13 us, a tenth of a clear request. One set per
     tables is safe because grid_one holds the GIL while it runs (it is not nogil): two threads
@@ -788,6 +861,8 @@ def _scratch() -> tuple[npt.NDArray[np.generic], ...]:
         np.zeros(1, dtype=np.int8),
         np.zeros(1, dtype=np.int32),
         np.zeros(1, dtype=np.bool_),
+        np.zeros(0, dtype=np.bool_),
+        np.zeros((0, 2), dtype=np.int64),
     )
 
 
@@ -873,7 +948,7 @@ def grid_one(lon: float, lat: float, acc: float, t: _Tables) -> np.int64:
         t.f_table, t.f_ints, t.f_floats, t.f_entries, t.f_combos,
         t.sub_base, t.s_ints, t.s_floats, t.s_entries, t.s_combos,
         t.c_table, t.c_clear, t.ring_start, t.coord_start,
-        t.xy, t.prow, kind, zone, todo,
+        t.xy, t.prow, kind, zone, todo, t.one_want, False, t.one_pairs, t.one_want,
     )  # fmt: skip
     if todo[0]:
         return np.int64(-1)
@@ -889,6 +964,10 @@ def grid_presence(
     prow: F64,
 ) -> tuple[I64, I64, B]:  # fmt: skip
     """Presence pairs (point, zone) of the given points from their cells' lists.
+
+    The batch kernel tells most points' presence itself (see _grid_kernel); this tells the
+    rest (points a cell's state settles, lists that overflow the kernel's room) and the single
+    path's.
 
     A point is present in a zone when its circle reaches the zone's area (d <= r + a), or,
     with center_only, when it lies inside. Every piece that can be is in the cell's list

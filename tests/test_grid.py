@@ -6,6 +6,7 @@ import gc
 import itertools
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,7 @@ from geofence.grid import (
     FINE_PER_DEG,
     FINE_STEP,
     LIST_M,
+    NO_PRESENCE,
     STATE_CLEAR,
     STATE_SUB,
     SUB,
@@ -206,7 +208,7 @@ def test_one_point_path_equals_the_batch_path(bundled: ZoneSet) -> None:
     kind = np.empty(n, dtype=np.int8)
     zone = np.empty(n, dtype=np.int32)
     todo = np.empty(n, dtype=np.bool_)
-    grid_kernel(lon, lat, acc, *grid._packed, kind, zone, todo)
+    grid_kernel(lon, lat, acc, *grid._packed, kind, zone, todo, *NO_PRESENCE)
     deferred = 0
     for i in range(n):
         one = grid.locate_one(float(lon[i]), float(lat[i]), float(acc[i]))
@@ -239,7 +241,7 @@ def test_a_points_answer_does_not_depend_on_its_batch(bundled: ZoneSet, staged: 
         zone = np.full(m, fill, dtype=np.int32)
         todo = np.full(m, fill != 0, dtype=np.bool_)
         lo, la, ac = (np.ascontiguousarray(v[idx]) for v in (lon, lat, acc))
-        grid_kernel(lo, la, ac, *packed, kind, zone, todo)
+        grid_kernel(lo, la, ac, *packed, kind, zone, todo, *NO_PRESENCE)
         return kind, zone, todo
 
     everything = np.arange(len(lon))
@@ -1044,3 +1046,45 @@ def test_piece_rows_measure_every_kind_of_piece_as_point_distance() -> None:
             got = _piece_distance(x, y, p, rows, flat.ring_start, flat.coord_start, flat.xs,
                                   flat.ys)  # fmt: skip
             assert got == want, (p, x, y)
+
+
+@pytest.mark.parametrize("center_only", [False, True])
+def test_presence_told_by_the_kernel_equals_grid_presence(
+    bundled: ZoneSet, monkeypatch: pytest.MonkeyPatch, center_only: bool
+) -> None:
+    """The kernel tells the presence of the points its lists settle, grid_presence the others:
+    the very answers and pairs that grid_presence alone gives (no room for pairs in the
+    kernel), whatever the room (some lists overflow it) and the block."""
+    rng = np.random.default_rng(21)
+    lon, lat, acc = band_points(bundled, rng, per_zone=30)
+    n = len(lon)
+    acc[::13] = 150.0  # beyond some lists' validity: the exact index
+    need = rng.random(n) < 0.9
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+
+    asked: list[int] = []  # points grid_presence was asked about, per locate
+    presence = grid_module.grid_presence
+
+    def counting(*a: Any) -> Any:  # (lon, lat, acc, points, ...)
+        asked[-1] += len(a[3])
+        return presence(*a)
+
+    monkeypatch.setattr(grid_module, "grid_presence", counting)
+
+    def located(per_point: int, block: int) -> tuple[np.ndarray, ...]:
+        monkeypatch.setattr(grid_module, "PRESENCE_PAIRS_PER_POINT", per_point)
+        monkeypatch.setattr(grid_module, "PRESENCE_BLOCK", block)
+        asked.append(0)
+        got = grid.locate(lon, lat, acc, np.zeros(n), center_only, need_presence=need)
+        return got.kind, got.zone, got.present_point, got.present_zone
+
+    alone = located(0, 4096)
+    assert len(alone[2]) > 1000 and len(np.unique(alone[2])) < len(alone[2])  # some in 2 zones
+    for per_point, block in ((4, 4096), (1, 4096), (4, 7), (64, 10**6)):
+        got = located(per_point, block)
+        for name, g, w in zip(("kind", "zone", "point", "zone present"), got, alone, strict=True):
+            assert np.array_equal(g, w), (per_point, block, name)
+    # The kernel told the points its lists settle (here about half of those asked about; the
+    # rest lie in cells a state settles), and a block of 7 (room for 28 pairs) overflowed.
+    assert asked[1] < 0.6 * asked[0] and asked[1] == asked[4] < asked[3] < asked[0], asked

@@ -67,14 +67,14 @@ def worker(args: argparse.Namespace, out: Path) -> None:
     todo = np.empty(len(lon), np.bool_)
     lon, lat = np.ascontiguousarray(lon), np.ascontiguousarray(lat)
     run = grid.grid_kernel
-    run(lon, lat, acc, *index._packed, kind, zone, todo)
+    run(lon, lat, acc, *index._packed, kind, zone, todo, *grid.NO_PRESENCE)
     if args.only_lists:  # keep the points a list settles: those whose answer is not the state's
         lists = lists_of(index, lon, lat, acc)
         lon, lat, acc = lon[lists], lat[lists], acc[lists]
         kind, zone, todo = kind[lists], zone[lists], todo[lists]
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < args.seconds:
-        run(lon, lat, acc, *index._packed, kind, zone, todo)
+        run(lon, lat, acc, *index._packed, kind, zone, todo, *grid.NO_PRESENCE)
         calls += 1
     took = (time.perf_counter() - start) / calls / len(lon) * 1e9
     overload = run.overloads[run.signatures[0]]

@@ -852,9 +852,10 @@ def _scratch() -> tuple[npt.NDArray[np.generic], ...]:
     """grid_one's point (lon, lat, accuracy) and results, made once per `_Tables`; then no
     presence asked (want, pairs: empty; out_ask, never written then, is `want`).
 
-    Why: four arrays made per call cost ~0.13 us, a tenth of a clear request. One set per
-    tables is safe because grid_one holds the GIL while it runs (it is not nogil): two threads
-    never use them at once (tests/test_grid.py checks that it stays so).
+    Why: four arrays made per call cost ~0.13 us, a tenth of a clear request (the two empty
+    ones are made once too). One set per tables is safe because grid_one holds the GIL while
+    it runs (it is not nogil): two threads never use them at once (tests/test_grid.py checks
+    that it stays so).
     """
     return (
         np.zeros(3),

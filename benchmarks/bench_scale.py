@@ -535,10 +535,9 @@ def warm_up(real: list[Zone], policy: Any, args: argparse.Namespace, tmp: Path) 
     1.3 s, load 0.92 against 0.45 s, +ids peak 803 against 342 MB).
     """
     t = time.perf_counter()
-    small = argparse.Namespace(**{
-        **vars(args), "points": 2_000, "latency_calls": 200, "runs": 1, "devices": 1_000,
-        "rtree_points": 0,
-    })  # fmt: skip
+    small = argparse.Namespace(
+        **{**vars(args), "points": 2_000, "latency_calls": 200, "runs": 1, "devices": 1_000}
+    )
     res = measure_size(real, policy, 200, small, tmp, methods=("geofence",))
     failed = res["methods"]["geofence"].get("failed") or res.get("startup", {}).get("failed")
     print(

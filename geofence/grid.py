@@ -560,6 +560,7 @@ def _settle(
         # Presence's limit, as grid_presence computes it (r + a <= reach: within reach).
         presence_limit = (r if center_only else r + a) * FRAME_STRETCH + tol
         measure = present and box2 <= presence_limit * presence_limit
+        outranked = False
         if best_zone >= 0:
             lower = np.sqrt(box2)
             may_inside = box2 <= inside_reach * inside_reach
@@ -567,22 +568,15 @@ def _settle(
                 outranked = not may_inside or lower - r > best_excess
             else:
                 outranked = not may_inside and lower - limit > best_excess
-            if outranked:
-                # Measured for presence only: the ranking never sees it, as without presence.
-                if (
-                    measure
-                    and _piece_distance(x, y, p, prow, ring_start, coord_start, xs, ys)
-                    <= presence_limit
-                ):
-                    pairs[m, 0] = point
-                    pairs[m, 1] = np.int64(prow[p, ROW_ZONE])
-                    m += 1
-                continue
+        if outranked and not measure:
+            continue
         d = _piece_distance(x, y, p, prow, ring_start, coord_start, xs, ys)
         if measure and d <= presence_limit:
             pairs[m, 0] = point
             pairs[m, 1] = np.int64(prow[p, ROW_ZONE])
             m += 1
+        if outranked:
+            continue  # measured for presence only: the ranking never sees it
         inside = d <= inside_reach
         if not (inside or d <= reach):
             continue
@@ -853,7 +847,7 @@ def _scratch() -> tuple[npt.NDArray[np.generic], ...]:
     presence asked (want, pairs: empty; out_ask, never written then, is `want`).
 
     Why: four arrays made per call cost ~0.13 us, a tenth of a clear request (the two empty
-    ones are made once too). One set per tables is safe because grid_one holds the GIL while
+    ones are NO_PRESENCE's). One set per tables is safe because grid_one holds the GIL while
     it runs (it is not nogil): two threads never use them at once (tests/test_grid.py checks
     that it stays so).
     """
@@ -862,8 +856,8 @@ def _scratch() -> tuple[npt.NDArray[np.generic], ...]:
         np.zeros(1, dtype=np.int8),
         np.zeros(1, dtype=np.int32),
         np.zeros(1, dtype=np.bool_),
-        np.zeros(0, dtype=np.bool_),
-        np.zeros((0, 2), dtype=np.int64),
+        NO_PRESENCE[0],
+        NO_PRESENCE[2],
     )
 
 

@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere without installing
     sys.path.insert(0, str(REPO))
 
+from geofence.audit import AuditLog  # noqa: E402
 from geofence.engine import Engine  # noqa: E402
 from geofence.kernels import groups  # noqa: E402
 from geofence.policy import Policy  # noqa: E402
@@ -439,33 +440,47 @@ def method_rtree(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def method_latency(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Single requests: check_location vs STRtree.query(Point) per call, each timed alone."""
+    """Single requests: check_location (without and with an audit log) vs STRtree.query(Point).
+
+    Each call is timed alone. The audited engine writes every decision (include_allowed), so its
+    row is the worst case of what the audit log adds to the request path: the enqueue, and the
+    writer thread's share of the GIL while it serialises beside the caller.
+    """
     zs = ZoneSet.compile(ctx["zones"], ctx["policy"], "bench")
     engine = Engine(zs)
     tree = shapely.STRtree(ctx["buffered"])
     sub = ctx["latency_idx"]
     lon, lat = ctx["lon"][sub].tolist(), ctx["lat"][sub].tolist()
     clock = time.perf_counter_ns
-    for x, y in zip(lon[:500], lat[:500], strict=True):  # warm up
-        engine.check_location(y, x, ACCURACY_M)
-        tree.query(shapely.Point(x, y), predicate="intersects")
-    g_ns = np.empty(len(lon), dtype=np.int64)
-    g_allowed = np.empty(len(lon), dtype=bool)
-    for i, (x, y) in enumerate(zip(lon, lat, strict=True)):
-        t = clock()
-        dec = engine.check_location(y, x, ACCURACY_M)
-        g_ns[i] = clock() - t
-        g_allowed[i] = dec.allowed
-    s_ns = np.empty(len(lon), dtype=np.int64)
-    s_reject = np.empty(len(lon), dtype=bool)
-    for i, (x, y) in enumerate(zip(lon, lat, strict=True)):
-        t = clock()
-        hits = tree.query(shapely.Point(x, y), predicate="intersects")
-        s_ns[i] = clock() - t
-        s_reject[i] = len(hits) > 0
+
+    def timed(call: Callable[[float, float], bool]) -> tuple[npt.NDArray[np.int64], BOOL]:
+        for x, y in zip(lon[:500], lat[:500], strict=True):  # warm up
+            call(x, y)
+        ns = np.empty(len(lon), dtype=np.int64)
+        out = np.empty(len(lon), dtype=bool)
+        for i, (x, y) in enumerate(zip(lon, lat, strict=True)):
+            t = clock()
+            out[i] = call(x, y)
+            ns[i] = clock() - t
+        return ns, out
+
+    g_ns, g_allowed = timed(lambda x, y: engine.check_location(y, x, ACCURACY_M).allowed)
+    with tempfile.TemporaryDirectory(prefix="geofence-bench-audit-") as tmp:
+        audit = AuditLog(Path(tmp) / "audit.jsonl", include_allowed=True)
+        audited = Engine(zs, audit=audit)
+        a_ns, a_allowed = timed(lambda x, y: audited.check_location(y, x, ACCURACY_M).allowed)
+        audit.close()
+        audit_written, audit_dropped = audit.written, audit.dropped
+    s_ns, s_reject = timed(
+        lambda x, y: len(tree.query(shapely.Point(x, y), predicate="intersects")) > 0
+    )
     return {
         "geofence_ns": g_ns,
         "geofence_allowed": g_allowed,
+        "audited_ns": a_ns,
+        "audited_disagreements": int((a_allowed != g_allowed).sum()),
+        "audit_written": audit_written,
+        "audit_dropped": audit_dropped,
         "strtree_ns": s_ns,
         "strtree_reject": s_reject,
     }
@@ -721,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     single_vs_batch = int((lat_res["geofence_allowed"] != ~g_reject[:n_lat]).sum())
     lat_rows = {
         "geofence check_location": {q: pct(gl, q) for q in (50, 99, 99.9)},
+        "  + audit log (every call)": {q: pct(lat_res["audited_ns"], q) for q in (50, 99, 99.9)},
         "STRtree.query(Point)": {q: pct(sl, q) for q in (50, 99, 99.9)},
     }
     print()
@@ -735,6 +751,11 @@ def main(argv: list[str] | None = None) -> int:
         f"STRtree single vs geofence: B-rej G-ok "
         f"{int((lat_res['strtree_reject'] & lat_res['geofence_allowed']).sum())}, B-ok G-rej "
         f"{int((~lat_res['strtree_reject'] & ~lat_res['geofence_allowed']).sum())}"
+    )
+    print(
+        f"audit log: {lat_res['audit_written']:,} records written (warm-up included), "
+        f"{lat_res['audit_dropped']:,} dropped, {lat_res['audited_disagreements']} decisions "
+        "differ from the engine without it"
     )
     total = time.perf_counter() - t_start
     print(f"total wall time {total:.1f} s")
@@ -764,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
             "latency_us": {k: {str(q): v for q, v in p.items()} for k, p in lat_rows.items()},
             "latency_calls": n_lat,
             "check_location_vs_check_many_disagreements": single_vs_batch,
+            "audit": {
+                k: lat_res[k] for k in ("audit_written", "audit_dropped", "audited_disagreements")
+            },
             "total_s": total,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

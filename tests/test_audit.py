@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import shapely
 from conftest import FakeClock, audit_text_without_clock
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geofence import Category, Engine, Reason
 from geofence import audit as audit_module
@@ -145,6 +147,37 @@ def test_include_allowed_and_recently_inside_until(tmp_path: Path) -> None:
     assert got[1]["allowed"] is True
 
 
+@pytest.mark.parametrize("include_allowed", [False, True])
+def test_a_batch_longer_than_a_slice_is_written_whole_and_in_order(
+    tmp_path: Path, include_allowed: bool
+) -> None:
+    """The writer formats in slices of _SLICE lines; a batch of several slices, between single
+    records, comes out as one line per element, in order, as each decision alone would."""
+    e = small_engine()
+    n = 3 * audit_module._SLICE + 17
+    rng = np.random.default_rng(5)
+    inside = rng.random(n) < 0.4
+    lat = np.where(inside, CLINIC[0], 40.0)
+    lon = np.where(inside, CLINIC[1], -100.0)
+    batch = e.check_many(lat, lon, 5.0)
+    keys: list[bytes | None] = [i.to_bytes(32, "big") if i % 3 else None for i in range(n)]
+    at = 1_767_225_600.0 + np.arange(n) / 8
+    single = Decision(False, Reason.INSIDE_ZONE, "v1", "z", Category.CLINIC)
+    log = AuditLog(tmp_path / "a.jsonl", include_allowed=include_allowed)
+    log.record(single, None, 1.0)
+    log.record_batch(batch, keys, at)
+    log.record(single, None, 2.0)
+    log.close()
+    want = [0] + [i + 1 for i in range(n) if include_allowed or inside[i]] + [n + 1]
+    decisions = [single] + [batch.decision(i) for i in range(n)] + [single]
+    all_keys = [None, *keys, None]
+    times = [1.0, *at.tolist(), 2.0]
+    expected = [audit_module._single_lines(decisions[j], all_keys[j], times[j])[0] for j in want]
+    text = (tmp_path / "a.jsonl").read_text().splitlines(keepends=True)
+    assert [t for t in text if '"status"' not in t] == expected
+    assert int(inside.sum()) > audit_module._SLICE  # rejections alone span slices too
+
+
 def test_rotation_by_size_keeps_the_newest(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     log = AuditLog(path, max_bytes=4096, backups=2, flush_interval_s=0.05)
@@ -236,6 +269,55 @@ def test_writer_errors_do_not_reach_the_caller(
             time.sleep(0.1)
         log.close()
     assert [r.levelname for r in caplog.records].count("ERROR") == 1  # said once, not per record
+
+
+# --- the line format ---------------------------------------------------------------------------
+
+_ANY_NUMBER = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.none(),
+    st.text(max_size=5),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    at=_ANY_NUMBER,
+    reason=st.sampled_from(list(Reason)),
+    allowed=st.booleans(),
+    zone_id=st.none() | st.text(),
+    category=st.none() | st.sampled_from(list(Category)),
+    version=st.text(),
+    key=st.none() | st.binary(max_size=40),
+    until=_ANY_NUMBER,
+)
+def test_a_line_is_exactly_what_json_dumps_writes(
+    at: Any,
+    reason: Reason,
+    allowed: bool,
+    zone_id: str | None,
+    category: Category | None,
+    version: str,
+    key: bytes | None,
+    until: Any,
+) -> None:
+    """The hand-built line equals json.dumps of the record, for any text, number or key."""
+
+    finite = audit_module._finite  # numbers json.dumps can write: finite floats, else null
+    expected = {
+        "t": finite(at),
+        "reason": reason.value,
+        "allowed": allowed,
+        "zone_id": zone_id,
+        "category": None if category is None else category.value,
+        "zone_set_version": version,
+        "device": None if key is None else key.hex(),
+        "until": finite(until),
+    }
+    line = audit_module._line(at, reason, allowed, zone_id, category, version, key, until)
+    assert line == json.dumps(expected, separators=(",", ":")) + "\n"
+    assert json.loads(line) == expected
 
 
 def test_arguments_are_checked(tmp_path: Path) -> None:

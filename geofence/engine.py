@@ -8,6 +8,7 @@ reads it once, so a decision is always made by, and names, exactly one zone set.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -50,6 +51,9 @@ MAX_BATCH = 50_000_000  # longer "batches" are one invalid request (a lying __le
 # device that has missed NTP for months; presence lookbacks are days, so it opens nothing.
 MAX_CLOCK_SKEW_S = 600.0
 MAX_DEVICE_ID = 256  # characters; a longer device id is invalid_request
+# A batch with at least this many device ids hashes them on a second thread while the index
+# locates its points (below it, the thread's start costs more than the overlap gains).
+BACKGROUND_KEYS_MIN = 10_000
 WARN_EVERY_S = 10.0
 
 F64 = npt.NDArray[np.float64]
@@ -781,44 +785,60 @@ class Engine:
 
         ok = np.flatnonzero(~bad & ~imprecise)
         if ok.size:
-            # The common batch leaves nothing out: its arrays go to the index as they are.
-            every = ok.size == n
-            need = None if device_ids is None else ~no_id if every else ~no_id[ok]
-            loc = zs.index.locate(
-                lon_a if every else lon_a[ok],
-                lat_a if every else lat_a[ok],
-                acc if every else acc[ok],
-                at_a if every else at_a[ok],
-                presence_center_only=zs.presence_center_only,
-                need_presence=need,
-            )
-            hit = loc.kind != KIND_CLEAR
-            hz = loc.zone[hit]
-            reason[ok[hit]] = np.where(
-                loc.kind[hit] == KIND_INSIDE, _R[Reason.INSIDE_ZONE], _R[Reason.NEAR_ZONE]
-            )
-            zone[ok[hit]] = hz
-            category[ok[hit]] = zs.category[hz]
             has_id = ok[~no_id[ok]]
-            if has_id.size:
-                self._history(
-                    zs,
-                    ids,
-                    packed,
-                    at_a,
-                    ok,
-                    loc.present_point,
-                    loc.present_zone,
-                    has_id,
-                    no_id,
-                    reason,
-                    category,
-                    until,
-                    record,
+            keys = self._start_keys(ids, packed, has_id)
+            try:
+                # The common batch leaves nothing out: its arrays go to the index as they are.
+                every = ok.size == n
+                need = None if device_ids is None else ~no_id if every else ~no_id[ok]
+                loc = zs.index.locate(
+                    lon_a if every else lon_a[ok],
+                    lat_a if every else lat_a[ok],
+                    acc if every else acc[ok],
+                    at_a if every else at_a[ok],
+                    presence_center_only=zs.presence_center_only,
+                    need_presence=need,
                 )
+                hit = loc.kind != KIND_CLEAR
+                hz = loc.zone[hit]
+                reason[ok[hit]] = np.where(
+                    loc.kind[hit] == KIND_INSIDE, _R[Reason.INSIDE_ZONE], _R[Reason.NEAR_ZONE]
+                )
+                zone[ok[hit]] = hz
+                category[ok[hit]] = zs.category[hz]
+                if has_id.size:
+                    self._history(
+                        zs,
+                        keys,
+                        at_a,
+                        ok,
+                        loc.present_point,
+                        loc.present_zone,
+                        has_id,
+                        no_id,
+                        reason,
+                        category,
+                        until,
+                        record,
+                    )
+            finally:
+                keys.join()  # also when locating failed: no thread outlives its batch
 
         allowed = reason == _R[Reason.ALLOWED]
         return BatchDecision(allowed, reason, zone, category, until, zs.version, zs.ids)
+
+    def _start_keys(
+        self, ids: IdBatch, packed: PackedIds | None, has_id: npt.NDArray[np.intp]
+    ) -> _Keys:
+        """The batch's device keys (see _distinct_keys): on a second thread for a large batch
+        of packed ids, whose hashing then runs while the index locates (both release the GIL).
+        """
+        if not has_id.size:
+            return _Keys(None)
+        job = functools.partial(self._distinct_keys, ids, packed, has_id)
+        if packed is None or has_id.size < BACKGROUND_KEYS_MIN:
+            return _Keys(job)
+        return _Keys(job, background=True)
 
     def _distinct_keys(
         self, ids: IdBatch, packed: PackedIds | None, has_id: npt.NDArray[np.intp]
@@ -843,8 +863,7 @@ class Engine:
     def _history(
         self,
         zs: ZoneSet,
-        ids: IdBatch,
-        packed: PackedIds | None,
+        keys: _Keys,
         at: F64,
         ok: npt.NDArray[np.intp],
         present_point: npt.NDArray[np.int64],
@@ -863,7 +882,7 @@ class Engine:
         the request's time. No Python runs per request or per device: the store's records come
         back as arrays, and compiled passes settle them (block_ends, fold_events).
         """
-        dev, digests = self._distinct_keys(ids, packed, has_id)
+        dev, digests = keys.result()
         n_dev = len(digests)
         # Presence seen in this batch: (request, category, time, end of its lookback).
         pres_req = ok[present_point]
@@ -921,6 +940,48 @@ class Engine:
                 # lengthens one category's lookback still finds the record.
                 pres_t + zs.policy.max_lookback_s,
             )
+
+
+class _Keys:
+    """A batch's (dev, digests), made now or on a thread of its own.
+
+    A thread per batch rather than a pool: a pool's worker does not survive a fork (a
+    pre-forking server), and its start (~0.1 ms) is small beside the hashing it overlaps.
+    """
+
+    def __init__(
+        self,
+        job: Callable[[], tuple[npt.NDArray[np.intp], Digests]] | None,
+        background: bool = False,
+    ) -> None:
+        self._job = job
+        self._value: tuple[npt.NDArray[np.intp], Digests] | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="geofence-keys", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            assert self._job is not None
+            self._value = self._job()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> tuple[npt.NDArray[np.intp], Digests]:
+        """The keys; an error in making them is raised here, in the caller's thread."""
+        if self._thread is None and self._value is None and self._error is None:
+            self._run()
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 def _latest_per_pair(

@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from conftest import FakeClock
 from redis_server import RedisServer, free_port
 
 from geofence import Category, Engine, PresenceConfigError, Reason
+from geofence import engine as engine_module
 from geofence.policy import load_policy_text
 from geofence.presence import DeviceHasher, MemoryStore
 from geofence.zones import Zone
@@ -536,4 +538,85 @@ def test_no_device_id_reject_policy(
     e.observe(**at_clinic("ifa-1"))
     b = e.check_many(np.full(2, FAR[0]), np.full(2, FAR[1]), 5.0, device_ids=["ifa-1", None])
     assert b.reasons() == [Reason.RECENTLY_INSIDE, Reason.INVALID_REQUEST]
+    e.close()
+
+
+# --- a large batch's keys, made on a second thread --------------------------------------------
+
+
+def _mixed_batch(n: int, seed: int) -> tuple[Any, Any, list[str], Any]:
+    """n requests by 300 devices, a third at the clinic, in time order over an hour."""
+    rng = np.random.default_rng(seed)
+    inside = rng.random(n) < 1 / 3
+    lat = np.where(inside, CLINIC[0], FAR[0])
+    lon = np.where(inside, CLINIC[1], FAR[1])
+    ids = [f"ifa-{d}" for d in rng.integers(0, 300, n)]
+    return lat, lon, ids, T0 + np.sort(rng.uniform(0, 3600, n))
+
+
+def _keys_threads(monkeypatch: pytest.MonkeyPatch, delay_s: float = 0.0) -> list[str]:
+    """The names of the threads on which the engine makes a batch's keys, as it does so."""
+    names: list[str] = []
+    real = Engine._distinct_keys
+
+    def spy(self: Engine, *a: Any) -> Any:
+        names.append(threading.current_thread().name)
+        time.sleep(delay_s)  # a slow hash: the caller must still wait for it
+        return real(self, *a)
+
+    monkeypatch.setattr(Engine, "_distinct_keys", spy)
+    return names
+
+
+def test_keys_made_on_a_second_thread_decide_and_record_as_made_inline(
+    monkeypatch: pytest.MonkeyPatch, fake_clock: FakeClock
+) -> None:
+    names = _keys_threads(monkeypatch)
+    clock = an_hour_later(fake_clock)
+    lat, lon, ids, at = _mixed_batch(2_000, 3)
+    runs = []
+    for threshold in (500, 10**9):  # above 500 ids: a second thread; never: inline
+        monkeypatch.setattr(engine_module, "BACKGROUND_KEYS_MIN", threshold)
+        e = Engine(zone_set(), presence="memory://", presence_secret=SECRET, clock=clock)
+        first = e.check_many(lat, lon, 5.0, device_ids=ids, at=at)
+        later = e.check_many(np.full(300, FAR[0]), np.full(300, FAR[1]), 5.0,
+                             device_ids=[f"ifa-{d}" for d in range(300)], at=T0 + 3600)  # fmt: skip
+        runs.append((first, later))
+        e.close()
+    assert names[:2] == ["geofence-keys", "MainThread"]  # the 300-id batch: inline both times
+    assert names[2:] == ["MainThread", "MainThread"]
+    (a, a_later), (b, b_later) = runs
+    for x, y in ((a, b), (a_later, b_later)):
+        assert x.reasons() == y.reasons()
+        assert np.array_equal(x.category, y.category)
+        assert np.array_equal(x.until, y.until, equal_nan=True)
+    # The batch both recorded and read its own presence: later requests of its devices were
+    # blocked within it, and every device that was at the clinic is blocked afterwards.
+    assert Reason.RECENTLY_INSIDE in a.reasons()
+    seen = {ids[i] for i in np.flatnonzero(lat == CLINIC[0])}
+    assert [r is Reason.RECENTLY_INSIDE for r in a_later.reasons()] == [
+        f"ifa-{d}" in seen for d in range(300)
+    ]
+
+
+@pytest.mark.parametrize("fails", ["keys", "locate"])
+def test_a_failure_beside_the_keys_thread_fails_closed_and_leaves_no_thread(
+    fails: str, monkeypatch: pytest.MonkeyPatch, fake_clock: FakeClock
+) -> None:
+    monkeypatch.setattr(engine_module, "BACKGROUND_KEYS_MIN", 10)
+    clock = an_hour_later(fake_clock)
+    e = Engine(zone_set(), presence="memory://", presence_secret=SECRET, clock=clock)
+    names = _keys_threads(monkeypatch, delay_s=0.3)
+    if fails == "keys":
+        monkeypatch.setattr(
+            engine_module, "distinct_ids", lambda *a: (_ for _ in ()).throw(RuntimeError("x"))
+        )
+    else:
+        index = type(e.zone_set.index)
+        monkeypatch.setattr(index, "locate", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    lat, lon, ids, at = _mixed_batch(200, 4)
+    b = e.check_many(lat, lon, 5.0, device_ids=ids, at=at)
+    assert names == ["geofence-keys"]
+    assert b.reasons() == [Reason.INTERNAL_ERROR] * 200
+    assert not [t for t in threading.enumerate() if t.name == "geofence-keys"]
     e.close()

@@ -833,12 +833,8 @@ class Engine:
         """The batch's device keys (see _distinct_keys): on a second thread for a large batch
         of packed ids, whose hashing then runs while the index locates (both release the GIL).
         """
-        if not has_id.size:
-            return _Keys(None)
         job = functools.partial(self._distinct_keys, ids, packed, has_id)
-        if packed is None or has_id.size < BACKGROUND_KEYS_MIN:
-            return _Keys(job)
-        return _Keys(job, background=True)
+        return _Keys(job, background=packed is not None and has_id.size >= BACKGROUND_KEYS_MIN)
 
     def _distinct_keys(
         self, ids: IdBatch, packed: PackedIds | None, has_id: npt.NDArray[np.intp]
@@ -943,16 +939,14 @@ class Engine:
 
 
 class _Keys:
-    """A batch's (dev, digests), made now or on a thread of its own.
+    """A batch's (dev, digests), made on a thread of its own, or when first asked for.
 
     A thread per batch rather than a pool: a pool's worker does not survive a fork (a
     pre-forking server), and its start (~0.1 ms) is small beside the hashing it overlaps.
     """
 
     def __init__(
-        self,
-        job: Callable[[], tuple[npt.NDArray[np.intp], Digests]] | None,
-        background: bool = False,
+        self, job: Callable[[], tuple[npt.NDArray[np.intp], Digests]], background: bool
     ) -> None:
         self._job = job
         self._value: tuple[npt.NDArray[np.intp], Digests] | None = None
@@ -964,7 +958,6 @@ class _Keys:
 
     def _run(self) -> None:
         try:
-            assert self._job is not None
             self._value = self._job()
         except BaseException as exc:  # handed to the caller by result()
             self._error = exc

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,7 @@ from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import MemoryStore
 from geofence.presence.url import open_store, secret_bytes
 from geofence.reasons import Reason
+from geofence.screen import answer, screen
 from geofence.zoneset import ZoneSet
 
 log = logging.getLogger("geofence")
@@ -732,58 +733,23 @@ class Engine:
         source: Any,
         record: bool,
     ) -> BatchDecision:
-        rules = zs.policy.requests
         n = _guess_len(lat)
-        lat_a, bad = _floats(lat, n)
-        lon_a, bad_lon = _floats(lon, n)
-        acc_a, bad_acc = _floats(accuracy_m, n, missing=np.nan)
         now = self._clock()
-        at_a, bad_at = _floats(at, n, missing=now)
-        bad |= bad_lon | bad_acc | bad_at
-        earliest, latest = _time_window(zs, now)
-        bad |= ~((at_a >= earliest) & (at_a <= latest))  # older than every lookback, or future
-        bad |= ~(np.abs(lat_a) <= 90.0) | ~(np.abs(lon_a) <= 180.0) | ~np.isfinite(at_a)
-        given_acc = ~_missing_mask(accuracy_m, n)
-        bad |= given_acc & ~((acc_a >= 0.0) & np.isfinite(acc_a))
-        src, bad_src = _sources(source, n)
-        bad |= bad_src
         ids, bad_ids, packed = _device_ids(device_ids, n)
-        bad |= bad_ids
-
-        reason = np.full(n, _R[Reason.ALLOWED], dtype=np.uint8)
-        zone = np.full(n, -1, dtype=np.int32)
-        category = np.full(n, NO_CATEGORY, dtype=np.uint8)
-        until = np.full(n, np.nan, dtype=np.float64)
-
-        # Accuracy: missing -> the policy's assumption; IP-derived -> the policy's rule.
-        acc = np.where(given_acc, acc_a, np.nan)
-        missing_acc = ~given_acc
-        if rules.missing_accuracy_m is None:
-            imprecise = missing_acc.copy()
-        else:
-            acc = np.where(missing_acc, rules.missing_accuracy_m, acc)
-            imprecise = np.zeros(n, dtype=bool)
-        imprecise |= acc > rules.max_accuracy_m
-        # IP fixes: rejected, or widened to the policy's IP circle after the max_accuracy_m check
-        # (that check is about what a device reports; the IP circle is the policy's own choice).
-        is_ip = src == 1
-        if rules.ip_location == "reject":
-            imprecise |= is_ip
-        else:
-            acc = np.where(is_ip, np.fmax(acc, rules.ip_accuracy_m), acc)
-        if device_ids is None:
-            no_id = np.ones(n, dtype=bool)
-        elif packed is not None:  # every id valid
-            no_id = np.zeros(n, dtype=bool)
-        else:
-            no_id = np.fromiter(map(operator.is_, ids, itertools.repeat(None)), bool, count=n)
-        if rules.no_device_id == "reject":
-            bad |= no_id
-        imprecise &= ~bad
-        reason[bad] = _R[Reason.INVALID_REQUEST]
-        reason[imprecise] = _R[Reason.IMPRECISE_LOCATION]
-
-        ok = np.flatnonzero(~bad & ~imprecise)
+        # The usual batch is checked in one compiled pass (screen.py); any other by the NumPy
+        # code, the reference the tests compare it with.
+        fast = (
+            _numeric(lat, n)
+            and _numeric(lon, n)
+            and _numeric(accuracy_m, n)
+            and (at is None or _numeric(at, n))
+            and (source is None or isinstance(source, str))
+            and (device_ids is None or packed is not None)
+        )
+        checked = (_checked_compiled if fast else _checked_numpy)(
+            zs, n, now, lat, lon, accuracy_m, at, source, device_ids, ids, bad_ids
+        )
+        lat_a, lon_a, acc, at_a, no_id, reason, zone, category, until, ok = checked
         if ok.size:
             has_id = ok[~no_id[ok]]
             keys = self._start_keys(ids, packed, has_id)
@@ -799,13 +765,18 @@ class Engine:
                     presence_center_only=zs.presence_center_only,
                     need_presence=need,
                 )
-                hit = loc.kind != KIND_CLEAR
-                hz = loc.zone[hit]
-                reason[ok[hit]] = np.where(
-                    loc.kind[hit] == KIND_INSIDE, _R[Reason.INSIDE_ZONE], _R[Reason.NEAR_ZONE]
-                )
-                zone[ok[hit]] = hz
-                category[ok[hit]] = zs.category[hz]
+                if fast:
+                    answer(ok, every, loc.kind, loc.zone, zs.category, reason, zone, category)
+                else:
+                    hit = loc.kind != KIND_CLEAR
+                    hz = loc.zone[hit]
+                    reason[ok[hit]] = np.where(
+                        loc.kind[hit] == KIND_INSIDE,
+                        _R[Reason.INSIDE_ZONE],
+                        _R[Reason.NEAR_ZONE],
+                    )
+                    zone[ok[hit]] = hz
+                    category[ok[hit]] = zs.category[hz]
                 if has_id.size:
                     self._history(
                         zs,
@@ -1014,6 +985,112 @@ def _rejected(zs: ZoneSet, kind: int, z: int) -> Decision:
     zs.rejections[kind, z] = decision
     return decision
 
+
+
+class _Checked(NamedTuple):
+    """A batch's requests after their checks: what the index and the answers start from."""
+
+    lat: F64
+    lon: F64
+    accuracy_m: F64  # the accuracy to judge (the policy's for a missing one, IP fixes widened)
+    at: F64
+    no_id: npt.NDArray[np.bool_]
+    reason: npt.NDArray[np.uint8]  # allowed, invalid_request or imprecise_location
+    zone: npt.NDArray[np.int32]  # -1 each
+    category: npt.NDArray[np.uint8]  # NO_CATEGORY each
+    until: F64  # NaN each
+    ok: npt.NDArray[np.intp]  # the requests that go to the index, ascending
+
+
+def _numeric(values: Any, n: int) -> bool:
+    """Whether `_floats` reads `values` whole and `_missing_mask` finds none missing: a plain
+    numeric array of n values, or a number."""
+    if type(values) is np.ndarray:
+        return values.shape == (n,) and values.dtype.kind in "fiu"
+    if isinstance(values, bool):
+        return False
+    return isinstance(values, float) or (isinstance(values, int) and abs(values) < 2**1000)
+
+
+def _checked_compiled(
+    zs: ZoneSet, n: int, now: float, lat: Any, lon: Any, accuracy_m: Any, at: Any,
+    source: str | None, device_ids: Any, ids: IdBatch, bad_ids: npt.NDArray[np.bool_],
+) -> _Checked:  # fmt: skip
+    """`_checked_numpy` for the usual batch (`_numeric` coordinates, accuracies and times, one
+    source, no ids or every id valid), in one compiled pass."""
+    rules = zs.policy.requests
+    earliest, latest = _time_window(zs, now)
+    lat_a, lon_a, acc_a, at_a = (_floats(v, n, missing=now)[0] for v in (lat, lon, accuracy_m, at))
+    acc = np.empty(n, dtype=np.float64)  # not acc_a: that may be the caller's own array
+    reason = np.empty(n, dtype=np.uint8)
+    zone = np.empty(n, dtype=np.int32)
+    category = np.empty(n, dtype=np.uint8)
+    until = np.empty(n, dtype=np.float64)
+    all_invalid = source not in (None, *SOURCES) or (
+        device_ids is None and rules.no_device_id == "reject"
+    )
+    n_ok = screen(
+        lat_a, lon_a, acc_a, at_a, earliest, latest, all_invalid,
+        rules.max_accuracy_m, source == "ip", rules.ip_location == "reject",
+        rules.ip_accuracy_m, reason, acc, zone, category, until,
+    )  # fmt: skip
+    ok = np.arange(n) if n_ok == n else np.flatnonzero(reason == _R[Reason.ALLOWED])
+    no_id = np.full(n, device_ids is None)
+    return _Checked(lat_a, lon_a, acc, at_a, no_id, reason, zone, category, until, ok)
+
+
+def _checked_numpy(
+    zs: ZoneSet, n: int, now: float, lat: Any, lon: Any, accuracy_m: Any, at: Any,
+    source: Any, device_ids: Any, ids: IdBatch, bad_ids: npt.NDArray[np.bool_],
+) -> _Checked:  # fmt: skip
+    """Check a batch's requests, whatever their form: the reference for `_checked_compiled`."""
+    rules = zs.policy.requests
+    lat_a, bad = _floats(lat, n)
+    lon_a, bad_lon = _floats(lon, n)
+    acc_a, bad_acc = _floats(accuracy_m, n, missing=np.nan)
+    at_a, bad_at = _floats(at, n, missing=now)
+    bad |= bad_lon | bad_acc | bad_at
+    earliest, latest = _time_window(zs, now)
+    bad |= ~((at_a >= earliest) & (at_a <= latest))  # older than every lookback, or future
+    bad |= ~(np.abs(lat_a) <= 90.0) | ~(np.abs(lon_a) <= 180.0) | ~np.isfinite(at_a)
+    given_acc = ~_missing_mask(accuracy_m, n)
+    bad |= given_acc & ~((acc_a >= 0.0) & np.isfinite(acc_a))
+    src, bad_src = _sources(source, n)
+    bad |= bad_src
+    bad |= bad_ids
+
+    reason = np.full(n, _R[Reason.ALLOWED], dtype=np.uint8)
+    zone = np.full(n, -1, dtype=np.int32)
+    category = np.full(n, NO_CATEGORY, dtype=np.uint8)
+    until = np.full(n, np.nan, dtype=np.float64)
+
+    # Accuracy: missing -> the policy's assumption; IP-derived -> the policy's rule.
+    acc = np.where(given_acc, acc_a, np.nan)
+    missing_acc = ~given_acc
+    if rules.missing_accuracy_m is None:
+        imprecise = missing_acc.copy()
+    else:
+        acc = np.where(missing_acc, rules.missing_accuracy_m, acc)
+        imprecise = np.zeros(n, dtype=bool)
+    imprecise |= acc > rules.max_accuracy_m
+    # IP fixes: rejected, or widened to the policy's IP circle after the max_accuracy_m check
+    # (that check is about what a device reports; the IP circle is the policy's own choice).
+    is_ip = src == 1
+    if rules.ip_location == "reject":
+        imprecise |= is_ip
+    else:
+        acc = np.where(is_ip, np.fmax(acc, rules.ip_accuracy_m), acc)
+    if device_ids is None:
+        no_id = np.ones(n, dtype=bool)
+    else:
+        no_id = np.fromiter(map(operator.is_, ids, itertools.repeat(None)), bool, count=n)
+    if rules.no_device_id == "reject":
+        bad |= no_id
+    imprecise &= ~bad
+    reason[bad] = _R[Reason.INVALID_REQUEST]
+    reason[imprecise] = _R[Reason.IMPRECISE_LOCATION]
+    ok = np.flatnonzero(~bad & ~imprecise)
+    return _Checked(lat_a, lon_a, acc, at_a, no_id, reason, zone, category, until, ok)
 
 
 def _time_window(zs: ZoneSet, now: float) -> tuple[float, float]:

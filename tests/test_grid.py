@@ -687,8 +687,9 @@ def _build_coarse_pairwise(
     ex: ExactIndex, max_accuracy_m: float, big: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The coarse table as it was built before the bitmap: every (piece, cell) pair listed, then
-    np.unique, and all cells measured at once. Kept as the reference the new build must equal."""
-    twins, (r0, r1, c0, c1) = coarse_reach(ex, np.flatnonzero(~big), max_accuracy_m)
+    np.unique, and all cells measured at once by an STRtree's nearest box. Kept as the
+    reference the build must equal (its distances, up to their cap)."""
+    twins, (r0, r1, c0, c1), _ = coarse_reach(ex, np.flatnonzero(~big), max_accuracy_m)
     _, key = _cells_of_boxes(r0, r1, c0, c1, COARSE_COLS)
     keys = np.unique(key)
     step = 1.0 / COARSE_PER_DEG
@@ -735,7 +736,9 @@ def test_coarse_keys_equal_every_pair_listed() -> None:
 def test_coarse_table_equals_the_pairwise_build(
     bundled: ZoneSet, which: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Same cells, same clearances, bit for bit, as the pairwise build the bitmap replaced."""
+    """Same cells as the pairwise build the bitmap replaced, and the same clearances (the
+    STRtree's nearest box) wherever they could clear an accuracy the engine judges; beyond,
+    never more, so a cap can only send a point to the exact index."""
     zs = bundled if which == "bundled" else _edge_zone_set()
     ex = zs.exact
     big = _big_parts(ex)
@@ -743,12 +746,18 @@ def test_coarse_table_equals_the_pairwise_build(
     keys, clearance = _build_coarse_pairwise(ex, max_acc, big)
     assert isinstance(zs.index, GridIndex)
     assert np.array_equal(zs.index.coarse.slot_keys(), keys)
-    assert zs.index.coarse_clearance.tobytes() == clearance.tobytes()
-    # And with a chunk smaller than the table, so chunk borders are crossed.
-    monkeypatch.setattr("geofence.grid.COARSE_CHUNK", 1000)
-    table, chunked = _build_coarse(ex, max_acc, big)
+    got = zs.index.coarse_clearance
+    assert np.all(got <= clearance + 1e-6)
+    # Up to 0.9 max_accuracy_m: far from the equator the cap falls a few percent below it
+    # (~9.3 km by the edge set's zone at 84.9 degrees), which defers a point, never clears it.
+    judged = clearance <= 0.9 * max_acc
+    assert judged.sum() > 1000  # (the polar rows of the edge set are mostly far from all)
+    np.testing.assert_allclose(got[judged], clearance[judged], rtol=0, atol=1e-6)
+    # And in bands of a few rows, so band borders are crossed: the same values.
+    monkeypatch.setattr("geofence.grid.COARSE_BAND_ROWS", 3)
+    table, banded = _build_coarse(ex, max_acc, big)
     assert np.array_equal(table.slot_keys(), keys)
-    assert chunked.tobytes() == clearance.tobytes()
+    assert banded.tobytes() == got.tobytes()
 
 
 def _level_bytes(fine: Level, sub: Level) -> dict[str, bytes]:
@@ -812,7 +821,7 @@ def test_build_reports_every_stage_to_its_end(
     max_acc = bundled.policy.requests.max_accuracy_m
     quiet = GridIndex(ex, max_acc)
     monkeypatch.setattr("geofence.grid.CHUNK_PAIRS", 3000)
-    monkeypatch.setattr("geofence.grid.COARSE_CHUNK", 50)
+    monkeypatch.setattr("geofence.grid.COARSE_BAND_ROWS", 2)
     heard: list[tuple[str, int, int]] = []
     grid = GridIndex(ex, max_acc, progress=lambda *args: heard.append(args))
     stages = list(dict.fromkeys(stage for stage, _, _ in heard))
@@ -834,8 +843,8 @@ def test_coarse_clearance_is_below_every_true_distance(bundled: ZoneSet, which: 
     accuracy is the clearance.
 
     Distances are the exact index's, in each piece's tile frame: true near the tile, distorted
-    hundreds of km away, so they are compared only below 50 km (clearances are below ~15 km but
-    for cells in rows that span the globe near a pole); the exact index is asked up to 30 km,
+    hundreds of km away, so they are compared only below 50 km (clearances are capped at about
+    max_accuracy_m + 1 km); the exact index is asked up to 30 km,
     past any accuracy the engine passes (max_accuracy_m, or an IP circle of 25 km)."""
     zs = bundled if which == "bundled" else _edge_zone_set()
     ex = zs.exact
@@ -844,9 +853,10 @@ def test_coarse_clearance_is_below_every_true_distance(bundled: ZoneSet, which: 
     clearance = zs.index.coarse_clearance
     rng = np.random.default_rng(7)
     n = 1500
-    # Half of the cells anywhere, half among those that clear less than 30 km (the edge set's
-    # polar rows are mostly far from every zone).
-    close = np.flatnonzero(clearance < 30_000.0)
+    # Half of the cells anywhere, half among those below 0.9 max_accuracy_m: the rest are
+    # capped near max_accuracy_m (_build_coarse), and the edge set's polar rows, which span the
+    # globe, are mostly far from every zone.
+    close = np.flatnonzero(clearance < 0.9 * zs.policy.requests.max_accuracy_m)
     pick = np.concatenate([rng.integers(0, len(keys), n // 2), rng.choice(close, n - n // 2)])
     step = 1.0 / COARSE_PER_DEG
     # Corners and edges of cells as well as their insides: the bound is for every point.

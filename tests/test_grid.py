@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -617,6 +618,40 @@ def test_projecting_distinct_corners_once_changes_no_bit() -> None:
     assert x.tobytes() == ref_x.tobytes()
     assert y.tobytes() == ref_y.tobytes()
     assert len(np.unique(lons + 1j * lats)) < len(lons) / 2  # corners were shared
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_frames_on_threads_equal_frames_on_one(
+    bundled: ZoneSet, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_frames measures its tile batches on threads: the same frames, bit for bit, as one
+    thread, with batches small enough that several tiles and batches run at once."""
+    ex = bundled.exact
+    rng = np.random.default_rng(5)
+    centre = np.array([z.geometry.centroid.coords[0] for z in bundled.zones])
+    pick = rng.integers(0, len(centre), 4000)
+    step = 1.0 / FINE_PER_DEG
+    lon0 = np.floor((centre[pick, 0] + 180.0) * FINE_PER_DEG) * step - 180.0
+    lat0 = np.floor((centre[pick, 1] + 90.0) * FINE_PER_DEG) * step - 90.0
+    tiles = tile_key(lon0 + step / 2, lat0 + step / 2).astype(np.int64)
+    assert len(np.unique(tiles)) > 5
+    monkeypatch.setattr(grid_module, "FRAME_BATCH", 100)
+    monkeypatch.setattr(grid_module, "FRAME_THREADS", 1)
+    one = grid_module._frames(ex, lon0, lat0, step, tiles)
+    monkeypatch.setattr(grid_module, "FRAME_THREADS", threads)
+    monkeypatch.setattr(grid_module, "FRAME_THREADS_MIN_CELLS", 1)
+    heard: list[str] = []
+    forward = ex.frames.forward
+
+    def spy(*args: Any) -> Any:
+        heard.append(threading.current_thread().name)
+        return forward(*args)
+
+    monkeypatch.setattr(ex.frames, "forward", spy)
+    many = grid_module._frames(ex, lon0, lat0, step, tiles)
+    assert any(name.startswith("geofence-frames") for name in heard)
+    for field in ("cx", "cy", "jac", "err", "half_diag"):
+        assert getattr(many, field).tobytes() == getattr(one, field).tobytes(), field
 
 
 def test_presence_in_blocks_equals_one_pass(

@@ -33,7 +33,7 @@ from geofence.errors import PresenceUnavailable
 from geofence.index import KIND_CLEAR, KIND_INSIDE
 from geofence.openrtb import InvalidBidRequest, parse_bid_request
 from geofence.presence.base import Digests, PresenceStore, as_keys
-from geofence.presence.blocks import block_ends, fold_events
+from geofence.presence.blocks import block_ends, fold_events, latest_per_pair
 from geofence.presence.distinct import IdBatch, PackedIds, distinct_ids, pack_ids
 from geofence.presence.keyhash import DeviceHasher
 from geofence.presence.memory import MemoryStore
@@ -897,7 +897,7 @@ class Engine:
             # One record per (device, category), its latest time: every store keeps just that
             # (and the expiry, which grows with the time). A batch repeats pairs (50k zones:
             # 31k presences, 18.5k pairs), and each record written costs Python work.
-            last = _latest_per_pair(pres_dev, pres_cat, pres_t)
+            last = latest_per_pair(pres_dev, pres_cat, pres_t)
             pres_dev, pres_cat, pres_t = pres_dev[last], pres_cat[last], pres_t[last]
             self._write_presence(
                 digests[pres_dev],
@@ -946,24 +946,6 @@ class _Keys:
             raise self._error
         assert self._value is not None
         return self._value
-
-
-def _latest_per_pair(
-    dev: npt.NDArray[np.intp], cat: npt.NDArray[Any], t: F64
-) -> npt.NDArray[np.intp]:
-    """Indices of one presence per (device, category): the latest (the last of equal times),
-    in order of first appearance of the pair."""
-    if len(dev) < 2:
-        return np.arange(len(dev), dtype=np.intp)
-    pair = dev.astype(np.int64) * 256 + cat.astype(np.int64)  # category codes are uint8
-    order = np.lexsort((t, pair))  # stable: by pair, then time, then position
-    ordered = pair[order]
-    ends = np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    # Written in the order the pairs first appear, as the unaggregated records were.
-    firsts = np.minimum.reduceat(order, starts)
-    latest: npt.NDArray[np.intp] = order[ends][np.argsort(firsts, kind="stable")]
-    return latest
 
 
 _NUMBER = (float, int, np.float64)

@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofence import engine as engine_module
-from geofence.engine import Engine, _latest_per_pair
+from geofence.engine import Engine
 from geofence.presence import MemoryStore
+from geofence.presence.blocks import latest_per_pair
 from geofence.reasons import Reason
 from geofence.zoneset import ZoneSet
 
@@ -162,11 +163,29 @@ def test_latest_per_pair_keeps_the_last_latest_record_of_each_pair(
     dev = np.array([d for d, _, _ in rows], dtype=np.intp)
     cat = np.array([c for _, c, _ in rows], dtype=np.uint8)
     t = np.array([x for _, _, x in rows], dtype=np.float64)
+    assert latest_per_pair(dev, cat, t).tolist() == _latest_by_dict(rows)
+
+
+def _latest_by_dict(rows: list[tuple[int, int, float]]) -> list[int]:
     expected: dict[tuple[int, int], int] = {}
     for i, (d, c, x) in enumerate(rows):
         if (d, c) not in expected or x >= rows[expected[(d, c)]][2]:
             expected[(d, c)] = i
-    assert _latest_per_pair(dev, cat, t).tolist() == list(expected.values())
+    return list(expected.values())
+
+
+def test_latest_per_pair_at_a_batch_s_size() -> None:
+    """Tens of thousands of presences, most pairs repeated, at a few times: the table probes
+    past collisions and grows with the batch, as the dict does."""
+    rng = np.random.default_rng(4)
+    n = 30_000
+    dev = rng.integers(0, 9_000, n).astype(np.intp)
+    cat = rng.choice(np.array([0, 3, 16, 255], dtype=np.uint8), n)
+    t = rng.choice([5.0, 6.0, 7.0], n)
+    rows = list(zip(dev.tolist(), cat.tolist(), t.tolist(), strict=True))
+    got = latest_per_pair(dev, cat, t)
+    assert got.tolist() == _latest_by_dict(rows)
+    assert 10_000 < len(got) < n
 
 
 def test_a_batch_writes_one_record_per_device_and_category(bundled: ZoneSet) -> None:

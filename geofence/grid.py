@@ -1883,10 +1883,9 @@ def _forward_distinct(frames: Frames, key: int, lon: F64, lat: F64) -> tuple[F64
 def coarse_reach(
     ex: ExactIndex, parts: I64, max_accuracy_m: float
 ) -> tuple[F64, tuple[I64, I64, I64, I64], tuple[F64, float]]:
-    """The pieces' reach boxes (the first len(parts) rows, then antimeridian twins within the
-    margin), the coarse rows and columns (first and last, columns unwrapped) of the boxes
-    widened by the margin, max_accuracy_m + 1 km, and that margin in degrees (longitude per
-    box, latitude)."""
+    """The pieces' reach boxes, the coarse rows and columns (first and last, columns
+    unwrapped) of the boxes widened by the margin, max_accuracy_m + 1 km, and that margin in
+    degrees (longitude per box, latitude)."""
     b = ex.part_bounds[parts]
     pz = ex.part_zone[parts]
     abs_lat = np.maximum(np.abs(b[:, 1]), np.abs(b[:, 3]))
@@ -1899,7 +1898,7 @@ def coarse_reach(
     c1 = np.floor((boxes[:, 2] + mlon + 180.0) * COARSE_PER_DEG)
     r0i, r1i, c0i, c1i = (v.astype(np.int64) for v in (r0, r1, c0, c1))
     lat_margin = float(mlat[0]) if len(b) else 0.0  # the same for every box
-    return _with_antimeridian_twins(boxes, mlon), (r0i, r1i, c0i, c1i), (mlon, lat_margin)
+    return boxes, (r0i, r1i, c0i, c1i), (mlon, lat_margin)
 
 
 def _build_coarse(
@@ -1925,10 +1924,9 @@ def _build_coarse(
     parts = np.flatnonzero(~big)
     if parts.size == 0:
         return HashTable(np.empty(0, dtype=np.int64)), np.empty(0)
-    twins, (r0, r1, c0, c1), (mlon, mlat) = coarse_reach(ex, parts, max_accuracy_m)
+    # No antimeridian twins: a box measures the cells across it, where its columns run on.
+    boxes, (r0, r1, c0, c1), (mlon, mlat) = coarse_reach(ex, parts, max_accuracy_m)
     keys = _coarse_keys(r0, r1, c0, c1)
-    boxes = twins[: len(parts)]  # a box measures cells across the antimeridian, as its twin would
-    del twins
     # Each box measures the cells of its columns and of its rows widened by its longitude
     # margin (at most a degree): in degrees that margin is the larger but near the equator, and
     # in metres the distances convert at the longitude's scale, so a cap set by the latitude

@@ -58,6 +58,7 @@ from geofence.grid import (
     _forward_distinct,
     _piece_distance,
     _piece_rows,
+    _with_antimeridian_twins,
     child_keys_of,
     coarse_reach,
     f32_down,
@@ -724,7 +725,8 @@ def _build_coarse_pairwise(
     """The coarse table as it was built before the bitmap: every (piece, cell) pair listed, then
     np.unique, and all cells measured at once by an STRtree's nearest box. Kept as the
     reference the build must equal (its distances, up to their cap)."""
-    twins, (r0, r1, c0, c1), _ = coarse_reach(ex, np.flatnonzero(~big), max_accuracy_m)
+    boxes, (r0, r1, c0, c1), (mlon, _) = coarse_reach(ex, np.flatnonzero(~big), max_accuracy_m)
+    twins = _with_antimeridian_twins(boxes, mlon)
     _, key = _cells_of_boxes(r0, r1, c0, c1, COARSE_COLS)
     keys = np.unique(key)
     step = 1.0 / COARSE_PER_DEG

@@ -746,10 +746,11 @@ class Engine:
             and (source is None or isinstance(source, str))
             and (device_ids is None or packed is not None)
         )
+        no_id = _no_ids(device_ids, ids, packed, n)
         checked = (_checked_compiled if fast else _checked_numpy)(
-            zs, n, now, lat, lon, accuracy_m, at, source, device_ids, ids, bad_ids
+            zs, n, now, lat, lon, accuracy_m, at, source, bad_ids, no_id
         )
-        lat_a, lon_a, acc, at_a, no_id, reason, zone, category, until, ok = checked
+        lat_a, lon_a, acc, at_a, reason, zone, category, until, ok = checked
         if ok.size:
             has_id = ok[~no_id[ok]]
             keys = self._start_keys(ids, packed, has_id)
@@ -976,7 +977,6 @@ class _Checked(NamedTuple):
     lon: F64
     accuracy_m: F64  # the accuracy to judge (the policy's for a missing one, IP fixes widened)
     at: F64
-    no_id: npt.NDArray[np.bool_]
     reason: npt.NDArray[np.uint8]  # allowed, invalid_request or imprecise_location
     zone: npt.NDArray[np.int32]  # -1 each
     category: npt.NDArray[np.uint8]  # NO_CATEGORY each
@@ -994,12 +994,24 @@ def _numeric(values: Any, n: int) -> bool:
     return isinstance(values, float) or (isinstance(values, int) and abs(values) < 2**1000)
 
 
+def _no_ids(
+    device_ids: Any, ids: IdBatch, packed: PackedIds | None, n: int
+) -> npt.NDArray[np.bool_]:
+    """Which of a batch's requests carry no device id (`_device_ids` says what counts)."""
+    if device_ids is None:
+        return np.ones(n, dtype=bool)
+    if packed is not None:  # every id valid
+        return np.zeros(n, dtype=bool)
+    return np.fromiter(map(operator.is_, ids, itertools.repeat(None)), bool, count=n)
+
+
 def _checked_compiled(
     zs: ZoneSet, n: int, now: float, lat: Any, lon: Any, accuracy_m: Any, at: Any,
-    source: str | None, device_ids: Any, ids: IdBatch, bad_ids: npt.NDArray[np.bool_],
+    source: str | None, bad_ids: npt.NDArray[np.bool_], no_id: npt.NDArray[np.bool_],
 ) -> _Checked:  # fmt: skip
     """`_checked_numpy` for the usual batch (`_numeric` coordinates, accuracies and times, one
-    source, no ids or every id valid), in one compiled pass."""
+    source, no ids or every id valid: no malformed id, and no_id the same for every request),
+    in one compiled pass."""
     rules = zs.policy.requests
     earliest, latest = _time_window(zs, now)
     lat_a, lon_a, acc_a, at_a = (_floats(v, n, missing=now)[0] for v in (lat, lon, accuracy_m, at))
@@ -1009,7 +1021,7 @@ def _checked_compiled(
     category = np.empty(n, dtype=np.uint8)
     until = np.empty(n, dtype=np.float64)
     all_invalid = source not in (None, *SOURCES) or (
-        device_ids is None and rules.no_device_id == "reject"
+        rules.no_device_id == "reject" and bool(no_id.all())
     )
     n_ok = screen(
         lat_a, lon_a, acc_a, at_a, earliest, latest, all_invalid,
@@ -1017,13 +1029,12 @@ def _checked_compiled(
         rules.ip_accuracy_m, reason, acc, zone, category, until,
     )  # fmt: skip
     ok = np.arange(n) if n_ok == n else np.flatnonzero(reason == _R[Reason.ALLOWED])
-    no_id = np.full(n, device_ids is None)
-    return _Checked(lat_a, lon_a, acc, at_a, no_id, reason, zone, category, until, ok)
+    return _Checked(lat_a, lon_a, acc, at_a, reason, zone, category, until, ok)
 
 
 def _checked_numpy(
     zs: ZoneSet, n: int, now: float, lat: Any, lon: Any, accuracy_m: Any, at: Any,
-    source: Any, device_ids: Any, ids: IdBatch, bad_ids: npt.NDArray[np.bool_],
+    source: Any, bad_ids: npt.NDArray[np.bool_], no_id: npt.NDArray[np.bool_],
 ) -> _Checked:  # fmt: skip
     """Check a batch's requests, whatever their form: the reference for `_checked_compiled`."""
     rules = zs.policy.requests
@@ -1062,17 +1073,13 @@ def _checked_numpy(
         imprecise |= is_ip
     else:
         acc = np.where(is_ip, np.fmax(acc, rules.ip_accuracy_m), acc)
-    if device_ids is None:
-        no_id = np.ones(n, dtype=bool)
-    else:
-        no_id = np.fromiter(map(operator.is_, ids, itertools.repeat(None)), bool, count=n)
     if rules.no_device_id == "reject":
         bad |= no_id
     imprecise &= ~bad
     reason[bad] = _R[Reason.INVALID_REQUEST]
     reason[imprecise] = _R[Reason.IMPRECISE_LOCATION]
     ok = np.flatnonzero(~bad & ~imprecise)
-    return _Checked(lat_a, lon_a, acc, at_a, no_id, reason, zone, category, until, ok)
+    return _Checked(lat_a, lon_a, acc, at_a, reason, zone, category, until, ok)
 
 
 def _time_window(zs: ZoneSet, now: float) -> tuple[float, float]:

@@ -236,8 +236,12 @@ def make_points(
     n: int,
     rng: np.random.Generator,
     spread: str,
-) -> tuple[F64, F64, dict[str, int]]:
-    """80% uniform over the zones' box(es) + 2 km, 10% near zone edges, 10% near the reach edge."""
+) -> tuple[F64, F64, dict[str, int], BOOL]:
+    """80% uniform over the zones' box(es) + 2 km, 10% near zone edges, 10% near the reach edge.
+
+    Returns (lon, lat, counts, near): `near` marks the points placed near an edge, so a run
+    can time the two kinds apart (they cost an index very differently).
+    """
     n_near = n // 5
     n_uniform = n - n_near
     b = shapely.bounds(geoms)
@@ -292,14 +296,15 @@ def make_points(
 
     lon = np.concatenate(lons)
     lat = np.concatenate(lats)
+    near = np.arange(n) >= n_uniform
     order = rng.permutation(n)  # mix, so that any subsample sees every kind
-    lon, lat = lon[order], lat[order]
+    lon, lat, near = lon[order], lat[order], near[order]
     lat = np.clip(lat, -90, 90)
     lon = (lon + 180) % 360 - 180
     counts = {"uniform": int(n_uniform), "near_edge": int(n_near - at_reach.sum())}
     counts["near_reach"] = int(at_reach.sum())
     counts["uniform_boxes"] = len(groups)
-    return lon, lat, counts
+    return lon, lat, counts, near
 
 
 # --- the baselines' pre-processing ----------------------------------------------------------------
@@ -636,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # Points.
-    lon, lat, counts = make_points(geoms, reach, radius, args.points, rng, args.spread)
+    lon, lat, counts, _ = make_points(geoms, reach, radius, args.points, rng, args.spread)
     print(
         f"points  : {len(lon):,} (uniform {counts['uniform']:,} over "
         f"{counts['uniform_boxes']} box(es) +{MARGIN_M / 1000:g} km, near zone edge "

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,7 @@ def load_job(job: dict[str, Any], buffered: bool = False) -> dict[str, Any]:
     ctx: dict[str, Any] = {
         "lon": pts["lon"],
         "lat": pts["lat"],
+        "near": pts["near"],
         "runs": job["runs"],
         "subsample": np.arange(job["rtree_points"]),
     }
@@ -159,6 +161,19 @@ def load_job(job: dict[str, Any], buffered: bool = False) -> dict[str, Any]:
         with open(job["buffered"], "rb") as fh:
             ctx["buffered"] = pickle.load(fh)
     return ctx
+
+
+def kinds_of(ctx: dict[str, Any], *arrays: npt.NDArray[Any]) -> dict[str, tuple[Any, ...]]:
+    """The arrays' uniform points and their near-edge points, each kind contiguous.
+
+    Why: the two kinds cost an index very differently (a uniform point is mostly far from every
+    zone; a near-edge one must be measured), so the table's mix is also timed kind by kind.
+    """
+    near = ctx["near"]
+    return {
+        kind: tuple(np.ascontiguousarray(a[sel]) for a in arrays)
+        for kind, sel in (("uniform", ~near), ("near_edges", near))
+    }
 
 
 def reason_counts(codes: npt.NDArray[np.uint8]) -> dict[str, int]:
@@ -193,6 +208,10 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
     cpu = time.process_time()
     engine.check_many(lat, lon, acc)
     cpu_s = time.process_time() - cpu
+    by_kind = {}
+    for kind, (la, lo, ac) in kinds_of(ctx, lat, lon, acc).items():
+        secs_kind, _ = best_of(job["runs"], partial(engine.check_many, la, lo, ac))
+        by_kind[kind] = {"n": len(la), "secs": secs_kind}
 
     rng = np.random.default_rng(job["seed"])
     pool = device_pool(job["devices"], rng)
@@ -201,6 +220,7 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
     at = np.full(n, float(int(time.time())) - 60.0)
     with_ids = Engine(zs, presence="memory://")
     d_ids = with_ids.check_many(lat, lon, acc, device_ids=ids, at=at)  # warm-up: store presence
+
     # Each timed batch comes a second after the one before, as live traffic does: a batch
     # replayed at the same time would change no stored record, and write-free batches ran
     # about a fifth faster than live ones (1k zones: 2.2 against 1.7 M/s).
@@ -252,6 +272,7 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
         "gfz_mb": Path(job["gfz"]).stat().st_size / 2**20,
         "secs": secs,
         "cpu_s": cpu_s,
+        "by_kind": by_kind,
         "reject": ~d.allowed,
         "reasons": reason_counts(d.reason),
         "secs_ids": secs_ids,
@@ -289,6 +310,10 @@ def worker_strtree(job: dict[str, Any]) -> dict[str, Any]:
     ctx = load_job(job, buffered=True)
     inputs_mb = rss_mb()
     res = method_strtree(ctx)
+    res["by_kind"] = {
+        kind: {"n": len(la), "secs": method_strtree({**ctx, "lon": lo, "lat": la})["secs"]}
+        for kind, (la, lo) in kinds_of(ctx, ctx["lat"], ctx["lon"]).items()
+    }
     tree = shapely.STRtree(ctx["buffered"])
     calls = job["latency_calls"]
     lon, lat = ctx["lon"][:calls].tolist(), ctx["lat"][:calls].tolist()
@@ -461,7 +486,7 @@ def measure_size(
     radius = np.array([z.radius_m for z in zones], dtype=np.float64)
     buffer_m = effective_buffers(zones, policy)
     reach = radius + buffer_m + ACCURACY_M
-    lon, lat, counts = make_points(geoms, reach, radius, args.points, rng, "regions")
+    lon, lat, counts, near = make_points(geoms, reach, radius, args.points, rng, "regions")
     t = time.perf_counter()
     buffered = buffer_metric(geoms, reach, args.quad_segs)
     buffer_s = time.perf_counter() - t
@@ -480,7 +505,7 @@ def measure_size(
         pickle.dump((zones, policy), fh, protocol=pickle.HIGHEST_PROTOCOL)
     with (d / "buffered.pickle").open("wb") as fh:
         pickle.dump(buffered, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    np.savez(d / "points.npz", lon=lon, lat=lat)
+    np.savez(d / "points.npz", lon=lon, lat=lat, near=near)
     del zones, geoms, buffered
     gc.collect()
     job = {
@@ -705,6 +730,22 @@ COLUMNS = (
     ("b_rej_g_ok", "B-rej G-ok", 11, "{:,}"),
     ("load_avg_1m", "load", 6, "{:.1f}"),
 )
+
+
+def kind_rates(size: dict[str, Any]) -> str:
+    """geofence's and STRtree's batch rates on each kind of point, or "" if either is missing."""
+    g, st = size["methods"]["geofence"].get("by_kind"), size["methods"]["strtree"].get("by_kind")
+    if not g or not st:
+        return ""
+    parts = []
+    for kind, label in (("uniform", "uniform"), ("near_edges", "near edges")):
+        g_pps = g[kind]["n"] / g[kind]["secs"]
+        st_pps = st[kind]["n"] / st[kind]["secs"]
+        parts.append(
+            f"{label} ({g[kind]['n']:,} points) geofence {g_pps / 1e6:.2f} M/s, STRtree "
+            f"{st_pps / 1e6:.2f} M/s ({g_pps / st_pps:.1f}x)"
+        )
+    return "; ".join(parts)
 
 
 def table(sizes: list[dict[str, Any]]) -> tuple[str, list[str]]:
@@ -940,6 +981,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"index {g.get('single_exact_calls', 0):,} of {args.latency_calls:,}, full GCs "
                 f"during them {g.get('single_full_gcs', 0)}"
             )
+    for s in results:
+        line = kind_rates(s)
+        if line:
+            print(f"{s['zones']:,} zones, batch by point kind: {line}")
     print(
         f"load average {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} at end; "
         f"total wall time {total:.0f} s"

@@ -60,7 +60,7 @@ def worker(args: argparse.Namespace, out: Path) -> None:
         radius = np.array([z.radius_m for z in zs.zones])
         reach = radius + effective_buffers(list(zs.zones), zs.policy) + ACCURACY_M
         rng = np.random.default_rng(1)
-        lon, lat, _ = make_points(geoms, reach, radius, 200_000, rng, "regions")
+        lon, lat, _, _ = make_points(geoms, reach, radius, 200_000, rng, "regions")
     acc = np.full(len(lon), args.accuracy)
     kind = np.empty(len(lon), np.int8)
     zone = np.empty(len(lon), np.int32)

@@ -25,6 +25,7 @@ refused with a CompiledFileError and can never steer a compiled kernel outside i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import itertools
@@ -33,10 +34,10 @@ import math
 import os
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -125,27 +126,13 @@ MEMBERS = frozenset({META, *(f"{name}.npy" for name in ARRAYS)})
 
 
 def save(zone_set: ZoneSet, path: str | Path) -> Path:
-    """Write `zone_set`, its built index included, to `path` as a compiled file; return it."""
-    members: dict[str, bytes] = {
-        META: json.dumps(_meta(zone_set), separators=(",", ":")).encode("utf-8")
-    }
-    arrays = _arrays(zone_set)
-    for name, (dtype, tail) in ARRAYS.items():  # ARRAYS' order is the file's
-        a = np.ascontiguousarray(arrays[name], dtype=np.dtype(dtype))
-        assert a.shape[1:] == tail, (name, a.shape)  # a bug here, not a user error
-        buf = io.BytesIO()
-        np.save(buf, a, allow_pickle=False)
-        members[f"{name}.npy"] = buf.getvalue()
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "zone_set_version": zone_set.version,
-        "zones": len(zone_set),
-        "members": {
-            name: {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
-            for name, raw in members.items()
-        },
-    }
+    """Write `zone_set`, its built index included, to `path` as a compiled file; return it.
+
+    Each member is streamed into the file and hashed on its way, and the manifest of their
+    sizes and SHA-256 written last. Why: holding every member's bytes until the manifest was
+    written took as much memory again as the file (1M zones: 2.1 GB over the zone set's 3.6).
+    """
+    meta = json.dumps(_meta(zone_set), separators=(",", ":")).encode("utf-8")
     out = Path(path)
     # Written beside the target and renamed over it: a reader never sees half a file, and a
     # failed save leaves the old one.
@@ -154,13 +141,81 @@ def save(zone_set: ZoneSet, path: str | Path) -> Path:
         # Stored, not deflated: the tables are most of the file, and inflating them would cost
         # more start-up time than reading them.
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
-            for name, raw in members.items():
-                zf.writestr(name, raw)
+            listed = {META: _write_member(zf, META, len(meta), lambda sink: sink.write(meta))}
+            for name, make in _arrays(zone_set).items():  # ARRAYS' order is the file's
+                made = make()
+                if isinstance(made, _Streamed):
+                    assert ARRAYS[name] == ("u1", ())  # a bug here, not a user error
+                    payload, write = made.length, functools.partial(_write_streamed, s=made)
+                else:
+                    dtype, tail = ARRAYS[name]
+                    a = np.ascontiguousarray(made, dtype=np.dtype(dtype))
+                    assert a.shape[1:] == tail, (name, a.shape)  # a bug here, not a user error
+                    payload, write = a.nbytes, functools.partial(_write_npy, a=a)
+                    del a
+                listed[f"{name}.npy"] = _write_member(zf, f"{name}.npy", payload, write)
+                del made, write  # one derived array alive at a time
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "zone_set_version": zone_set.version,
+                "zones": len(zone_set),
+                "members": listed,
+            }
+            # Every member dated as zipfile dates a streamed one (1980-01-01): the same zone
+            # set always saves to the same bytes.
+            zf.writestr(zipfile.ZipInfo(MANIFEST), json.dumps(manifest, indent=1))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+class _HashingSink:
+    """A writable that passes its bytes on to `out`, counting and hashing them."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.out.write(data)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return len(data)
+
+
+# Members whose payload may come near 2 GiB are written with ZIP64 sizes (zipfile cannot widen a
+# streamed member's header afterwards); a .npy header is well under this margin.
+_ZIP64_MARGIN = 1 << 20
+
+
+def _write_member(
+    zf: zipfile.ZipFile, name: str, payload: int, write: Callable[[_HashingSink], object]
+) -> dict[str, Any]:
+    """Stream one member into `zf` through `write`; its manifest entry (bytes, SHA-256)."""
+    big = payload + _ZIP64_MARGIN > zipfile.ZIP64_LIMIT
+    with zf.open(name, "w", force_zip64=big) as member:
+        sink = _HashingSink(member)
+        write(sink)
+    return {"sha256": sink.sha256.hexdigest(), "bytes": sink.bytes}
+
+
+def _write_npy(sink: _HashingSink, a: npt.NDArray[Any]) -> None:
+    """`a` in .npy format (as np.save writes it), in slices, never copied whole."""
+    np.lib.format.write_array(sink, a, allow_pickle=False)
+
+
+def _write_streamed(sink: _HashingSink, s: _Streamed) -> None:
+    """A streamed uint8 member in .npy format: the bytes np.save writes for the joined array."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": (s.length,)}
+    np.lib.format.write_array_header_1_0(sink, header)
+    written = 0
+    for piece in s.pieces:
+        written += sink.write(piece)
+    if written != s.length:
+        raise AssertionError(f"{written} bytes streamed where {s.length} were announced")
 
 
 def _meta(zs: ZoneSet) -> dict[str, Any]:
@@ -187,52 +242,83 @@ def _meta(zs: ZoneSet) -> dict[str, Any]:
     }
 
 
-def _blob(geoms: npt.NDArray[np.object_]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-    """WKB of every geometry, end to end, and where each one starts (plus the end)."""
-    wkb = shapely.to_wkb(geoms) if len(geoms) else np.empty(0, dtype=object)
-    sizes = np.fromiter((len(b) for b in wkb), dtype=np.int64, count=len(wkb))
-    start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    return np.frombuffer(b"".join(wkb), dtype=np.uint8), start
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Streamed:
+    """A uint8 member written piece by piece: its length, then its pieces in order."""
+
+    length: int
+    pieces: Iterator[bytes]
+
+
+_WKB_CHUNK = 1 << 16  # zones whose WKB is joined at a time while it is written
+
+
+def _wkb(zones: Sequence[Zone]) -> tuple[_Streamed, npt.NDArray[np.int64]]:
+    """Every zone's WKB, end to end, to be streamed; and where each one starts (plus the end).
+
+    Made twice, a chunk of zones at a time: once for the sizes, once to be written. Why: made
+    once and kept, the WKB of 1M zones was 0.38 GB more at once while saving (0.2 GB as bytes
+    objects, and their join); a second pass costs about a second.
+    """
+    geoms = np.empty(len(zones), dtype=object)
+    geoms[:] = [z.geometry for z in zones]
+    chunks = [geoms[i : i + _WKB_CHUNK] for i in range(0, len(geoms), _WKB_CHUNK)]
+    sizes = [np.fromiter(map(len, shapely.to_wkb(c)), dtype=np.int64, count=len(c)) for c in chunks]
+    start = np.cumsum(np.concatenate([np.zeros(1, dtype=np.int64), *sizes]), dtype=np.int64)
+    pieces = (b"".join(shapely.to_wkb(c)) for c in chunks)
+    return _Streamed(int(start[-1]), pieces), start
 
 
 def _none_nan(values: list[float | None]) -> npt.NDArray[np.float64]:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _arrays(zs: ZoneSet) -> dict[str, npt.ArrayLike]:
+def _arrays(zs: ZoneSet) -> dict[str, Callable[[], npt.ArrayLike | _Streamed]]:
+    """How to make each member array of `zs`, in the file's order.
+
+    Why functions: `save` makes, writes and drops one at a time, so the derived arrays (the
+    zones' WKB and columns, the tables' keys: 0.4 GB at 1M zones) are never all alive at once.
+    """
     ex, grid = zs.exact, zs.index
     if not isinstance(grid, GridIndex):
         raise TypeError(f"only a GridIndex can be saved, not {type(grid).__name__}")
     zones = zs.zones
-    geoms = np.empty(len(zones), dtype=object)
-    geoms[:] = [z.geometry for z in zones]
-    zone_wkb, zone_start = _blob(geoms)
-    out: dict[str, npt.ArrayLike] = {
-        "zone.category": zs.category,
-        "zone.radius_m": np.array([z.radius_m for z in zones], dtype=np.float64),
-        "zone.buffer_m": _none_nan([z.buffer_m for z in zones]),
-        "zone.valid_from": _none_nan([z.valid_from for z in zones]),
-        "zone.valid_until": _none_nan([z.valid_until for z in zones]),
-        "zone.wkb": zone_wkb,
-        "zone.wkb_start": zone_start,
-        "part.zone": ex.part_zone,
-        "part.tile": ex.part_tile,
-        "part.bounds": np.asarray(ex.part_bounds, dtype=np.float64).reshape(-1, 4),
+
+    @functools.cache
+    def wkb() -> tuple[_Streamed, npt.NDArray[np.int64]]:
+        return _wkb(zones)
+
+    def wkb_start() -> npt.NDArray[np.int64]:
+        start = wkb()[1]
+        wkb.cache_clear()  # the WKB was written just before
+        return start
+
+    out: dict[str, Callable[[], npt.ArrayLike | _Streamed]] = {
+        "zone.category": lambda: zs.category,
+        "zone.radius_m": lambda: np.array([z.radius_m for z in zones], dtype=np.float64),
+        "zone.buffer_m": lambda: _none_nan([z.buffer_m for z in zones]),
+        "zone.valid_from": lambda: _none_nan([z.valid_from for z in zones]),
+        "zone.valid_until": lambda: _none_nan([z.valid_until for z in zones]),
+        "zone.wkb": lambda: wkb()[0],
+        "zone.wkb_start": wkb_start,
+        "part.zone": lambda: ex.part_zone,
+        "part.tile": lambda: ex.part_tile,
+        "part.bounds": lambda: np.asarray(ex.part_bounds, dtype=np.float64).reshape(-1, 4),
         # The pieces in their tile frames (lon/lat for INTERIOR pieces), as the kernels read them.
-        "flat.is_point": ex.flat.is_point,
-        "flat.ring_start": ex.flat.ring_start,
-        "flat.coord_start": ex.flat.coord_start,
-        "flat.xs": ex.flat.xs,
-        "flat.ys": ex.flat.ys,
-        "grid.forced": grid.forced.reshape(-1, 4),
-        "coarse.keys": grid.coarse.slot_keys(),
-        "coarse.clearance": grid.coarse_clearance,
-        "fine.keys": grid.fine.table.slot_keys(),
+        "flat.is_point": lambda: ex.flat.is_point,
+        "flat.ring_start": lambda: ex.flat.ring_start,
+        "flat.coord_start": lambda: ex.flat.coord_start,
+        "flat.xs": lambda: ex.flat.xs,
+        "flat.ys": lambda: ex.flat.ys,
+        "grid.forced": lambda: grid.forced.reshape(-1, 4),
+        "coarse.keys": grid.coarse.slot_keys,
+        "coarse.clearance": lambda: grid.coarse_clearance,
+        "fine.keys": grid.fine.table.slot_keys,
     }
     for prefix, level in (("fine", grid.fine), ("sub", grid.sub)):
-        for field in _LEVEL_FIELDS:
-            out[f"{prefix}.{field}"] = getattr(level, field)  # ints, floats, entries, combos
-    return out
+        for field in _LEVEL_FIELDS:  # ints, floats, entries, combos
+            out[f"{prefix}.{field}"] = functools.partial(getattr, level, field)
+    return {name: out[name] for name in ARRAYS}
 
 
 # --- reading -----------------------------------------------------------------------------------

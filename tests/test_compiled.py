@@ -7,6 +7,8 @@ by array and decision by decision. Hostile files are in test_hostile_files.py.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import struct
 import zipfile
@@ -188,11 +190,12 @@ def test_an_old_format_file_asks_to_be_recompiled(tmp_path: Path, version: int) 
 
 
 def test_the_file_is_arrays_and_json_only(bundled: ZoneSet, saved: Path) -> None:
-    """Members are the manifest, zoneset.json and .npy arrays, stored (not deflated), in the
-    order loading needs them: what its slow steps read first, the levels last."""
+    """Members are zoneset.json, .npy arrays and the manifest, stored (not deflated), in the
+    order loading needs them: what its slow steps read first, the levels last, and the
+    manifest, which lists the others' checksums, after them (see save)."""
     with zipfile.ZipFile(saved) as zf:
         names = [i.filename for i in zf.infolist()]
-        assert names == [compiled.MANIFEST, compiled.META, *(f"{n}.npy" for n in compiled.ARRAYS)]
+        assert names == [compiled.META, *(f"{n}.npy" for n in compiled.ARRAYS), compiled.MANIFEST]
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
         manifest = json.loads(zf.read(compiled.MANIFEST))
     assert manifest["format_version"] == compiled.FORMAT_VERSION == 7
@@ -202,6 +205,46 @@ def test_the_file_is_arrays_and_json_only(bundled: ZoneSet, saved: Path) -> None
     grid = bundled.index
     assert isinstance(grid, GridIndex)
     assert grid.fine.ints.dtype == grid.sub.entries.dtype == np.int32  # format 4
+
+
+def test_streamed_members_are_what_np_save_writes(
+    bundled: ZoneSet, saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save streams each member into the file: every array is byte for byte np.save's, with
+    the size and SHA-256 the manifest lists, whatever the size of the WKB's chunks; and a zone
+    set saves to the same bytes every time."""
+    monkeypatch.setattr(compiled, "_WKB_CHUNK", 7)  # the bundled zones in many chunks
+    monkeypatch.setattr(zipfile.time, "time", lambda: 1e9)  # saved "in 2001"
+    again = compiled.save(bundled, tmp_path / "chunked.gfz")
+    arrays = compiled._arrays(bundled)
+    geoms = np.empty(len(bundled.zones), dtype=object)
+    geoms[:] = [z.geometry for z in bundled.zones]
+    wkb = shapely.to_wkb(geoms)
+    expected = {
+        **{name: arrays[name]() for name in compiled.ARRAYS if name != "zone.wkb"},
+        "zone.wkb": np.frombuffer(b"".join(wkb), dtype=np.uint8),
+    }
+    assert np.array_equal(
+        expected["zone.wkb_start"], np.cumsum([0, *map(len, wkb)], dtype=np.int64)
+    )
+    for path in (saved, again):
+        with zipfile.ZipFile(path) as zf:
+            listed = json.loads(zf.read(compiled.MANIFEST))["members"]
+            for name, (dtype, _) in compiled.ARRAYS.items():
+                raw = zf.read(f"{name}.npy")
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(expected[name], dtype=dtype))
+                assert raw == buf.getvalue(), name
+                assert listed[f"{name}.npy"] == {
+                    "sha256": hashlib.sha256(raw).hexdigest(),
+                    "bytes": len(raw),
+                }
+    assert compiled.load(again).version == bundled.version
+    # Saved at another time, in other chunks: the same bytes (every member dated alike).
+    assert again.read_bytes() == saved.read_bytes()
+    # And compiled again from the files: still the same bytes, as docs/operations.md says.
+    recompiled = compiled.save(ZoneSet.from_paths(BUNDLED_ZONES), tmp_path / "again.gfz")
+    assert recompiled.read_bytes() == saved.read_bytes()
 
 
 # --- reading: members straight from the file, hashed block by block on another thread ---------

@@ -117,6 +117,18 @@ def proc_status_mb(field: str) -> float | None:
     return None
 
 
+def reset_peak() -> bool:
+    """Restart VmHWM from the current RSS, so rss_mb() gives the peak of what follows.
+
+    Linux only (/proc/self/clear_refs, value 5); False where it cannot be done.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def rss_mb() -> float:
     """Peak RSS of this process so far, in MB.
 

@@ -54,6 +54,7 @@ from benchmarks.bench_batch import (  # noqa: E402
     pct,
     proc_status_mb,
     replicate,
+    reset_peak,
     rss_mb,
     versions,
 )
@@ -196,9 +197,7 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     after_compile = proc_status_mb("VmRSS")
     engine = Engine(zs)
-    t = time.perf_counter()
-    engine.save(job["gfz"])
-    save_s = time.perf_counter() - t
+    saving = timed_save(engine, job["gfz"])
 
     lon, lat = ctx["lon"], ctx["lat"]
     n = len(lon)
@@ -268,7 +267,7 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
         "compile_s": compile_s,
         "compile_peak_mb": compile_peak,
         "rss_after_compile_mb": after_compile,
-        "save_s": save_s,
+        **saving,
         "gfz_mb": Path(job["gfz"]).stat().st_size / 2**20,
         "secs": secs,
         "cpu_s": cpu_s,
@@ -285,6 +284,25 @@ def worker_geofence(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def timed_save(engine: Engine, path: str) -> dict[str, Any]:
+    """engine.save(path): its seconds, its own peak RSS, and the worker's peak before it.
+
+    Why its own peak: a compile's caller saves next (`geofence compile -o`), so compile and
+    save must each fit the memory budget. The peak is restarted for it (None where it cannot
+    be); worker_main counts the peak before it into the worker's.
+    """
+    before = rss_mb()
+    reset = reset_peak()
+    t = time.perf_counter()
+    engine.save(path)
+    save_s = time.perf_counter() - t
+    return {
+        "save_s": save_s,
+        "save_peak_mb": rss_mb() if reset else None,
+        "peak_before_reset_mb": before,
+    }
+
+
 def worker_compile_save(job: dict[str, Any]) -> dict[str, Any]:
     """Compile and save only (--startup-only): the .gfz's size and the time to write it."""
     with open(job["zones"], "rb") as fh:
@@ -295,12 +313,10 @@ def worker_compile_save(job: dict[str, Any]) -> dict[str, Any]:
     Path(job["mark"]).write_text(f"{compile_s}\n")
     del zones
     gc.collect()
-    t = time.perf_counter()
-    Engine(zs).save(job["gfz"])
-    save_s = time.perf_counter() - t
+    saving = timed_save(Engine(zs), job["gfz"])
     return {
         "compile_s": compile_s,
-        "save_s": save_s,
+        **saving,
         "gfz_mb": Path(job["gfz"]).stat().st_size / 2**20,
     }
 
@@ -461,7 +477,8 @@ def run_worker(name: str, job_path: Path, out: Path, args: argparse.Namespace) -
 def worker_main(name: str, job_path: Path, out: Path) -> int:
     job = json.loads(job_path.read_text())
     res = WORKERS[name](job)
-    res["peak_rss_mb"] = rss_mb()
+    # The whole worker's peak, also where it restarted VmHWM to measure a step's own.
+    res["peak_rss_mb"] = max(rss_mb(), res.pop("peak_before_reset_mb", 0.0))
     with out.open("wb") as fh:
         pickle.dump(res, fh, protocol=pickle.HIGHEST_PROTOCOL)
     return 0
@@ -973,7 +990,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{s['zones']:,} zones: geofence reasons {g['reasons']}; with ids "
                 f"{g['reasons_ids']}, best {g['secs_ids'] * 1e3:.0f} ms wall, CPU of one batch "
                 f"{g.get('cpu_ids_s', float('nan')) * 1e3:.0f} ms; .gfz {g['gfz_mb']:.1f} MB "
-                f"saved in {g['save_s']:.2f} s; "
+                f"saved in {g['save_s']:.2f} s (peak {g.get('save_peak_mb') or float('nan'):,.0f}"
+                " MB); "
                 f"start-up: import {su.get('import_s', float('nan')):.2f} s + load "
                 f"{su.get('load_s', float('nan')):.2f} s + first check "
                 f"{su.get('first_check_s', float('nan')):.3f} s, peak "

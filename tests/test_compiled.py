@@ -211,9 +211,10 @@ def test_streamed_members_are_what_np_save_writes(
     bundled: ZoneSet, saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """save streams each member into the file: every array is byte for byte np.save's, with
-    the size and SHA-256 the manifest lists, whatever the size of the WKB's chunks; and a zone
-    set saves to the same bytes every time."""
+    the size and SHA-256 the manifest lists, and zoneset.json json.dumps', whatever the size of
+    the chunks they are written in; and a zone set saves to the same bytes every time."""
     monkeypatch.setattr(compiled, "_WKB_CHUNK", 7)  # the bundled zones in many chunks
+    monkeypatch.setattr(compiled, "_JSON_CHUNK", 5)
     monkeypatch.setattr(zipfile.time, "time", lambda: 1e9)  # saved "in 2001"
     again = compiled.save(bundled, tmp_path / "chunked.gfz")
     arrays = compiled._arrays(bundled)
@@ -227,9 +228,11 @@ def test_streamed_members_are_what_np_save_writes(
     assert np.array_equal(
         expected["zone.wkb_start"], np.cumsum([0, *map(len, wkb)], dtype=np.int64)
     )
+    meta = json.dumps(compiled._meta(bundled), separators=(",", ":")).encode()
     for path in (saved, again):
         with zipfile.ZipFile(path) as zf:
             listed = json.loads(zf.read(compiled.MANIFEST))["members"]
+            assert zf.read(compiled.META) == meta  # written in pieces, read whole
             for name, (dtype, _) in compiled.ARRAYS.items():
                 raw = zf.read(f"{name}.npy")
                 buf = io.BytesIO()

@@ -18,6 +18,7 @@ import pyproj
 import pytest
 from conftest import BUNDLED_ZONES
 
+from geofence import cli
 from geofence.cli import _stage_reporter, load_zone_set, main
 from geofence.zoneset import ZoneSet
 
@@ -199,6 +200,34 @@ def test_compile_summary_sources_area_and_gfz(
     assert "zones per source file:" in out and "protected area:" not in out
     assert main(["check", str(gfz), "--lat", "51.5138028", "--lon", "-0.0983361"]) == 1
     assert json.loads(capsys.readouterr().out)["zone_id"] == "osm:pofw_a/369161987"
+
+
+def test_compile_measures_the_area_above_area_max_zones_only_on_request(
+    capsys: pytest.CaptureFixture[str],
+    bundled_gfz: tuple[Path, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above AREA_MAX_ZONES (the union of buffered zones takes minutes and GBs at 1M zones) the
+    summary says the area was not measured, unless --area asks for it."""
+    gfz, s = bundled_gfz
+    monkeypatch.setattr(cli, "AREA_MAX_ZONES", 674)
+    assert main(["compile", str(gfz), "--json"]) == 0
+    skipped = json.loads(capsys.readouterr().out)
+    assert "area_km2" not in skipped
+    assert skipped["area_not_measured"] == "675 zones, over 674: --area measures it"
+    assert main(["compile", str(gfz)]) == 0
+    out = capsys.readouterr().out
+    assert "protected area: not measured (675 zones, over 674: --area measures it)" in out
+    assert main(["compile", str(gfz), "--json", "--area"]) == 0
+    forced = json.loads(capsys.readouterr().out)
+    assert forced["area_km2"] == s["area_km2"] and "area_not_measured" not in forced
+    assert main(["compile", str(gfz), "--json", "--no-area"]) == 0
+    assert not {"area_km2", "area_not_measured"} & set(json.loads(capsys.readouterr().out))
+    monkeypatch.setattr(cli, "AREA_MAX_ZONES", 675)  # at the limit: measured
+    assert main(["compile", str(gfz), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["area_km2"] == s["area_km2"]
+    with pytest.raises(SystemExit):
+        main(["compile", str(gfz), "--area", "--no-area"])
 
 
 def test_compile_with_progress_matches_from_paths(

@@ -12,6 +12,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from geofence.kernels import _hash, _next
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Ip = npt.NDArray[np.intp]
@@ -93,21 +95,17 @@ def latest_per_pair(dev: Ip, cat: npt.NDArray[np.uint8], t: F64) -> Ip:
 
     Why a table: one pass through an open-addressing table of the pairs; sorting them (a
     lexsort by pair and time, then by first appearance) took 2.4 ms of a 50k-zone batch with
-    ids (31k presences, 18.5k pairs), this ~0.1 ms.
+    ids (31k presences, 18.5k pairs), this ~0.3 ms.
     """
     n = dev.size
-    size = 16
-    while size < 2 * n:
-        size *= 2
-    mask = size - 1
+    size = np.int64(2 * n + 1)  # half full at most, as a HashTable; always an empty slot
     slot_group = np.full(size, -1, dtype=np.int64)
     slot_pair = np.empty(size, dtype=np.int64)
     latest = np.empty(n, dtype=np.intp)
     groups = 0
     for i in range(n):
         pair = np.int64(dev[i]) * 256 + np.int64(cat[i])  # category codes are uint8
-        # Fibonacci hashing: the product's high bits, so nearby pairs spread over the table.
-        s = np.int64((np.uint64(pair) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+        s = _hash(pair, size)  # the HashTable's probes: nearby pairs spread over the table
         while True:
             g = slot_group[s]
             if g < 0:
@@ -120,5 +118,5 @@ def latest_per_pair(dev: Ip, cat: npt.NDArray[np.uint8], t: F64) -> Ip:
                 if t[i] >= t[latest[g]]:
                     latest[g] = i
                 break
-            s = (s + 1) & mask
+            s = _next(s, size)
     return latest[:groups].copy()

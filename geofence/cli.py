@@ -130,8 +130,8 @@ def _parser() -> argparse.ArgumentParser:
         "compile zones and policy; print a summary; -o writes a .gfz",
         "Compile the zone set and print: zones per category and per source file, the buffer "
         "and lookback of each category with the pack (and statute) that set it, the total "
-        "area protected (up to 50,000 zones unless --area), and the zone-set version. A "
-        "progress bar shows on a terminal when a "
+        f"area protected (up to {AREA_MAX_ZONES:,} zones unless --area), and the zone-set "
+        "version. A progress bar shows on a terminal when a "
         "step takes over a second: zone files read, then each stage of the index build (exact "
         "index, coarse cells, fine cells, subcells) chunk by chunk. -o writes one checksummed "
         "compiled file that `Engine.load` and every command here open.",

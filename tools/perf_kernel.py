@@ -46,21 +46,31 @@ F64 = npt.NDArray[np.float64]
 CODE_BYTES = 1 << 17  # the kernel's machine code is ~10-20 KB; dump generously
 
 
-def worker(args: argparse.Namespace, out: Path) -> None:
-    """Run the kernel for args.seconds; write its address and machine code to `out`."""
-    zs = compiled.load(args.gfz) if args.gfz else Engine.from_paths(REPO / "zones").zone_set
+def kernel_inputs(
+    gfz: str | Path | None, points: str | Path | None
+) -> tuple[GridIndex, F64, F64, npt.NDArray[np.bool_] | None]:
+    """(grid index, lon, lat, near) for a kernel run: the compiled set `gfz` (default: the
+    bundled zones, compiled) and the points in `points` (.npz of lon, lat and optionally near),
+    else the bench's mix over the zones. `near` marks the near-edge points, where known."""
+    zs = compiled.load(gfz) if gfz else Engine.from_paths(REPO / "zones").zone_set
     index = zs.index
     if not isinstance(index, GridIndex):
         raise SystemExit("this zone set has no grid (too few zones?)")
-    if args.points:
-        pts = np.load(args.points)
-        lon, lat = pts["lon"], pts["lat"]
-    else:
-        geoms = np.array([z.geometry for z in zs.zones], dtype=object)
-        radius = np.array([z.radius_m for z in zs.zones])
-        reach = radius + effective_buffers(list(zs.zones), zs.policy) + ACCURACY_M
-        rng = np.random.default_rng(1)
-        lon, lat, _, _ = make_points(geoms, reach, radius, 200_000, rng, "regions")
+    if points:
+        pts = np.load(points)
+        near = pts["near"].astype(bool) if "near" in pts.files else None
+        return index, pts["lon"], pts["lat"], near
+    geoms = np.array([z.geometry for z in zs.zones], dtype=object)
+    radius = np.array([z.radius_m for z in zs.zones])
+    reach = radius + effective_buffers(list(zs.zones), zs.policy) + ACCURACY_M
+    rng = np.random.default_rng(1)
+    lon, lat, _, near = make_points(geoms, reach, radius, 200_000, rng, "regions")
+    return index, lon, lat, near
+
+
+def worker(args: argparse.Namespace, out: Path) -> None:
+    """Run the kernel for args.seconds; write its address and machine code to `out`."""
+    index, lon, lat, _ = kernel_inputs(args.gfz, args.points)
     acc = np.full(len(lon), args.accuracy)
     kind = np.empty(len(lon), np.int8)
     zone = np.empty(len(lon), np.int32)

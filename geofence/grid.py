@@ -1631,6 +1631,33 @@ def _classify(
 
 
 @numba.njit(cache=True, nogil=True)
+def _nearest_first(
+    order: I64, list_start: I64, d: F64, pair_part: I64, part_zone: I64, radius_m: F64,
+    buffer_m: F64,
+) -> None:  # fmt: skip
+    """Each cell's listed pairs (order[list_start[c]:list_start[c + 1]]) sorted in place by
+    their piece's distance from the cell's centre less its zone's reach, ties in pair order.
+
+    Why: a list point stops measuring the pieces that cannot outrank the best one found (see
+    _settle), so the sooner it finds the piece that decides it, the fewer it measures. The
+    answers do not depend on the order. 50k zones: 660 -> 594 ns a near-edge point, the same
+    answers (lists of 9 entries on average there; at 1k, one or two, no change).
+    """
+    key = np.empty(len(order))
+    for j in range(len(order)):
+        z = part_zone[pair_part[order[j]]]
+        key[j] = d[order[j]] - (radius_m[z] + buffer_m[z])
+    for c in range(len(list_start) - 1):
+        for j in range(list_start[c] + 1, list_start[c + 1]):  # insertion: lists are short
+            i, k = order[j], key[j]
+            q = j
+            while q > list_start[c] and key[q - 1] > k:
+                order[q], key[q] = order[q - 1], key[q - 1]
+                q -= 1
+            order[q], key[q] = i, k
+
+
+@numba.njit(cache=True, nogil=True)
 def _classify_pairs(
     cell_of_pair: I64, pair_part: I64, pair_combo: I64, timed_pair: B, base_clearance: F64,
     cx: F64, cy: F64, h_combo: F64, part_zone: I64, radius_m: F64, buffer_m: F64,
@@ -1737,7 +1764,7 @@ def _classify_pairs(
         else:
             valid[c] = min(valid[c], list_clear)
     # Pass 3: near_zone (the lowest zone needing the least accuracy), and the listed pairs,
-    # cell by cell, each cell's in pair order.
+    # cell by cell, each cell's nearest piece first (_nearest_first).
     near_pick = np.full(n_cells, no_zone)
     list_start = np.cumsum(count)
     at = list_start[:-1].copy()
@@ -1751,6 +1778,7 @@ def _classify_pairs(
         if listed[i]:
             order[at[c]] = i
             at[c] += 1
+    _nearest_first(order, list_start, d, pair_part, part_zone, radius_m, buffer_m)
     zone = np.full(n_cells, -1, dtype=np.int32)
     near_zone = np.full(n_cells, -1, dtype=np.int32)
     out_clearance = np.empty(n_cells)

@@ -41,6 +41,7 @@ from geofence.grid import (
     FINE_STEP,
     LIST_M,
     NO_PRESENCE,
+    ROW_REACH,
     STATE_CLEAR,
     STATE_SUB,
     SUB,
@@ -56,6 +57,7 @@ from geofence.grid import (
     _coarse_keys,
     _float32_map,
     _forward_distinct,
+    _nearest_first,
     _piece_distance,
     _piece_rows,
     _with_antimeridian_twins,
@@ -1135,3 +1137,54 @@ def test_presence_told_by_the_kernel_equals_grid_presence(
     # The kernel told the points its lists settle (here about half of those asked about; the
     # rest lie in cells a state settles), and a block of 7 (room for 28 pairs) overflowed.
     assert asked[1] < 0.6 * asked[0] and asked[1] == asked[4] < asked[3] < asked[0], asked
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-3, 3), max_size=8), min_size=1, max_size=6),
+    st.randoms(use_true_random=False),
+)
+def test_nearest_first_sorts_each_list_by_distance_less_reach(
+    lists: list[list[int]], rnd: Any
+) -> None:
+    """Within each cell's span: a permutation of its pairs, by distance - reach, ties in pair
+    order; no pair leaves its cell's span."""
+    counts = [len(x) for x in lists]
+    n = sum(counts)
+    list_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    order = np.arange(n, dtype=np.int64)
+    rnd.shuffle(order)  # the pairs of a cell need not be in pair order, nor contiguous numbers
+    pair_part = np.arange(n, dtype=np.int64)[::-1].copy()
+    part_zone = (np.arange(n, dtype=np.int64) * 7) % max(n, 1)
+    radius_m = np.zeros(max(n, 1))
+    buffer_m = np.array([rnd.choice([0.0, 1.0]) for _ in range(max(n, 1))])
+    d = np.zeros(n)
+    for j, v in enumerate(itertools.chain.from_iterable(lists)):
+        d[order[j]] = float(v)
+    before = order.copy()
+    _nearest_first(order, list_start, d, pair_part, part_zone, radius_m, buffer_m)
+    key = d - buffer_m[part_zone[pair_part]]
+    for a, b in itertools.pairwise(list_start.tolist()):
+        expected = sorted(before[a:b].tolist(), key=lambda i: key[i])  # stable: ties keep order
+        assert order[a:b].tolist() == expected
+
+
+def test_fine_lists_are_nearest_piece_first(bundled: ZoneSet) -> None:
+    """A compiled fine cell lists its pieces by their distance from its centre less their
+    zone's reach (the order list points measure them in), the distance as the kernel takes it."""
+    grid = bundled.index
+    assert isinstance(grid, GridIndex)
+    prow, fl = grid._packed[-1], grid.flat
+    ints, entries, combos = grid.fine.ints, grid.fine.entries, grid.fine.combos
+    longer = np.flatnonzero(ints[:, 4] - ints[:, 3] >= 2)
+    assert len(longer) > 100
+    for c in longer[:: max(1, len(longer) // 1500)]:
+        span = entries[ints[c, 3] : ints[c, 4]]
+        key = [
+            _piece_distance(
+                float(combos[k, 0]), float(combos[k, 1]), np.int64(p), prow,
+                fl.ring_start, fl.coord_start, fl.xy[0], fl.xy[1],
+            ) - prow[p, ROW_REACH]
+            for p, k in span
+        ]  # fmt: skip
+        assert np.all(np.diff(key) >= -1e-6), f"cell {c}: {key}"

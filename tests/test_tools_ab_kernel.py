@@ -18,7 +18,7 @@ NEAR_STATE = "KIND_INSIDE if state == STATE_INSIDE else KIND_NEAR"
 BROKEN = "KIND_INSIDE if state == STATE_INSIDE else KIND_INSIDE"
 
 
-def test_source_of_a_file_and_a_revision(tmp_path: Path) -> None:
+def test_source_of_a_file_and_a_revision() -> None:
     assert ab_kernel.source_of(str(GRID)) == GRID.read_text()
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout: no revisions to read grid.py from")
@@ -44,4 +44,5 @@ def test_changed_answers_are_counted_kind_by_kind(
     # Uniform points seldom land in a NEAR cell, near-edge points often: both kinds counted.
     differ = {k: int(v.split("kind ")[1].split(",")[0]) for k, v in by_kind.items()}
     assert differ["all"] == differ["uniform"] + differ["near_edges"] > 0
-    assert not (tmp_path / "__pycache__").exists()  # the copies were imported elsewhere
+    # The versions were imported from copies: none was compiled (and cached) beside its file.
+    assert not (tmp_path / "__pycache__").exists()

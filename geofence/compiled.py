@@ -938,7 +938,8 @@ def _geometries(wkb: A, start: A, radius_m: A) -> npt.NDArray[np.object_]:
 
 def _from_blob(blob: bytes, start: A) -> npt.NDArray[np.object_]:
     """Geometries from WKB laid end to end (offsets already checked), parsed in one call."""
-    wkb = [blob[a:b] for a, b in itertools.pairwise(start.tolist())]
+    wkb = np.empty(len(start) - 1, dtype=object)  # an array: from_wkb takes a list 50% longer
+    wkb[:] = [blob[a:b] for a, b in itertools.pairwise(start.tolist())]
     return np.asarray(shapely.from_wkb(wkb), dtype=object).reshape(len(wkb))
 
 
@@ -979,21 +980,21 @@ def _zones(
     """
     meta, policy = meta_policy
     columns = meta["zones"]
-    cats = [CATEGORIES[c] for c in code.tolist()]
     # The effective buffer, as ZoneSet.compile resolves it (the policy's, widened per zone).
     rule = np.array([policy.rule(c).buffer_m for c in CATEGORIES], dtype=np.float64)[code]
     buffer = np.maximum(rule, np.nan_to_num(own_buffer, nan=0.0))
 
-    def opt(v: float) -> float | None:
-        return None if math.isnan(v) else v
-
+    n = len(code)
+    lengths = {len(c) for c in (*columns.values(), geoms, radius, own_buffer, valid_from)}
+    if lengths | {len(valid_until)} != {n}:
+        raise ValueError("zone columns of different lengths")
+    # Positional, not keyword arguments: half the time of building 50k zones (0.23 -> 0.11 s of
+    # Python, holding the GIL while the arrays are read). The order is Zone's fields'.
     zones = tuple(
-        Zone(id=i, name=nm, category=c, geometry=g, radius_m=r, buffer_m=opt(bm),
-             valid_from=opt(vf), valid_until=opt(vu), jurisdiction=j, source=src)
-        for i, nm, c, g, r, bm, vf, vu, j, src in zip(
-            columns["id"], columns["name"], cats, geoms, radius.tolist(), own_buffer.tolist(),
-            valid_from.tolist(), valid_until.tolist(), columns["jurisdiction"],
-            columns["source"], strict=True,
+        map(
+            Zone, columns["id"], columns["name"], [CATEGORIES[c] for c in code.tolist()], geoms,
+            radius.tolist(), _or_none(own_buffer), _or_none(valid_from), _or_none(valid_until),
+            columns["jurisdiction"], columns["source"],
         )
     )  # fmt: skip
     warnings = []
@@ -1009,6 +1010,13 @@ def _zones(
             )
         )
     return zones, buffer, warnings
+
+
+def _or_none(values: A) -> list[float | None]:
+    """A column of optional numbers as Python values: None where it holds NaN (no value)."""
+    out = values.astype(object)
+    out[np.isnan(values)] = None
+    return out.tolist()
 
 
 # Slow steps of loading: name -> (members they read, jobs whose results they take, function).

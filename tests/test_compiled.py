@@ -323,3 +323,21 @@ def test_local_headers_must_agree_with_the_directory(saved: Path, tmp_path: Path
     damaged = _patched(saved, tmp_path, at, b"PK\x09\x09")
     with pytest.raises(CompiledFileError, match=r"not a readable.*bad local file header"):
         compiled.load(damaged)
+
+
+def test_zone_columns_of_different_lengths_are_refused() -> None:
+    """Loading's zones job raises, rather than building fewer zones, when one of its per-zone
+    columns is shorter than the others (a malformed file the later checks would also refuse)."""
+    policy = load_policy_text("", "<empty>")
+    meta = {"zones": {"id": ["a", "b"], "name": ["A", "B"], "source": ["s", "s"],
+                      "jurisdiction": [None, None]}}  # fmt: skip
+    geoms = np.array([shapely.Point(0, 0), shapely.Point(1, 1)], dtype=object)
+    two, one = np.array([5.0, 5.0]), np.array([np.nan])
+    code = np.zeros(2, dtype=np.uint8)
+    zones, _, _ = compiled._zones(code, two, two, two, two, (meta, policy), geoms)
+    assert [z.id for z in zones] == ["a", "b"]
+    for short in range(4):  # radius, own buffer, valid from, valid until
+        cols = [two, np.full(2, np.nan), np.full(2, np.nan), np.full(2, np.nan)]
+        cols[short] = one
+        with pytest.raises(ValueError, match="different lengths"):
+            compiled._zones(code, *cols, (meta, policy), geoms)

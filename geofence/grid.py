@@ -95,7 +95,7 @@ MAX_SPLIT_PIECES = 12  # a mixed cell near more pieces than this stays whole (it
 # on, where it splits only cells with one piece near (fewest first), whose list settles a point
 # nearly as fast as a subcell's state now that lists run nearest first. 3M rather than 6M: at
 # 50k zones a third less .gfz (296 -> 190 MB) and start-up, for the same batch speed with and
-# without device ids at 50k and 1M zones (alternated in one process); 1k zones split fewer.
+# without device ids at 50k and 1M zones (alternated in one process). At 1k it does not bind.
 SUB_PAIR_BUDGET = 3_000_000
 COARSE_BAND_ROWS = 64  # coarse rows measured at a time (~12 MB of distances)
 CAP_ROWS = 64  # coarse rows that share a cap on their clearance (see _build_coarse)
